@@ -1,0 +1,55 @@
+# The two commands: `make book` and `make test`. Each creates/updates .venv itself.
+#
+# torch: on a CPU-only machine the pinned CPU wheel below is installed. A GPU user who already
+# has a CUDA build of torch in the environment keeps it: torch is only installed when
+# `import torch` fails (or pass TORCH="torch==X.Y.Z" to choose).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.dspa-installed
+export PYTHONUNBUFFERED := 1
+
+.PHONY: book test setup toy lint unit chapters browser clean help
+
+help:
+	@echo "make book   build the toy world (once) and the executed book into _build/html"
+	@echo "make test   ruff, unit tests with doctests, every chapter under nbmake, the browser check"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[book,dev]"
+	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+toy: setup
+	$(VENV)/bin/dspa-lite build-toy
+
+book: toy
+	rm -rf _build/html _build/.doctrees _build/jupyter_execute
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "Book built: $(CURDIR)/_build/html/index.html"
+
+lint: setup
+	$(VENV)/bin/ruff check dspa_lite tests benchmarks
+
+unit: toy
+	$(PY) -m pytest tests --doctest-modules dspa_lite -q
+
+chapters: toy
+	$(PY) -m pytest --nbmake --nbmake-timeout=900 book -q
+
+browser: book
+	$(PY) -m pytest tests/browser -q
+
+test: lint unit chapters browser
+
+clean:
+	rm -rf _build .pytest_cache

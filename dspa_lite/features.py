@@ -1,0 +1,164 @@
+"""SAE features of prompts and responses: ``u(x)`` at ``l_in`` and ``v(x, y)`` at ``l_out``.
+
+DSPA (arXiv 2603.21461) conditions on *prompt* features and edits *generation-control*
+features. With causal attention one teacher-forced pass over ``x + y`` yields both the prompt's
+residuals (which do not see ``y``) and the response's, so the features of a triple cost two
+forward passes (``x + y+`` and ``x + y-``), each stopped right after ``l_out``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .generation import format_prompts
+from .hooks import forward_until
+
+__all__ = ["POOLINGS", "TripleFeatures", "encode_texts", "prompt_features", "triple_features", "pool"]
+
+POOLINGS = ("binary", "mean", "max", "last")
+
+
+@dataclass
+class Encoded:
+    """Token ids of chat-formatted prompts (+ optional responses) and where each part sits."""
+
+    ids: list[list[int]]
+    content: list[list[int]]  # positions of the prompt's own words (no BOS, no chat-template tokens)
+    prompt_all: list[list[int]]  # every prompt position but BOS
+    response: list[list[int]]  # positions of the response tokens
+
+
+def encode_texts(tokenizer, prompts: Sequence[str], responses: Sequence[str] | None = None) -> Encoded:
+    """Tokenize chat-formatted prompts and find the content and response positions.
+
+    Content positions are the tokens whose character offsets fall inside the user's text in the
+    formatted prompt, so template tokens (``<start_of_turn>``, ``user``, ...) are excluded for any
+    fast tokenizer. Prompt and response are tokenized separately and concatenated, so no token
+    straddles the boundary.
+    """
+    texts = format_prompts(tokenizer, prompts)
+    out = Encoded([], [], [], [])
+    bos = tokenizer.bos_token_id
+    for i, (p, text) in enumerate(zip(prompts, texts)):
+        add_special = bool(tokenizer.bos_token) and not text.startswith(tokenizer.bos_token)
+        enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+        start = text.rfind(p)
+        end = start + len(p)
+        ids = list(enc["input_ids"])
+        content = [t for t, (a, b) in enumerate(enc["offset_mapping"]) if a >= start and b <= end and b > a]
+        if not content:
+            raise ValueError(f"prompt {i} ({p[:40]!r}) has no content tokens after chat formatting")
+        prompt_all = [t for t in range(len(ids)) if ids[t] != bos]
+        resp: list[int] = []
+        if responses is not None:
+            r_ids = tokenizer(responses[i], add_special_tokens=False).input_ids
+            if not r_ids:
+                raise ValueError(f"response {i} is empty after tokenization")
+            resp = list(range(len(ids), len(ids) + len(r_ids)))
+            ids = ids + r_ids
+        out.ids.append(ids)
+        out.content.append(content)
+        out.prompt_all.append(prompt_all)
+        out.response.append(resp)
+    return out
+
+
+def pool(z: Float[Tensor, "n_tokens d_sae"], pooling: str) -> Float[Tensor, " d_sae"]:
+    """Pool token features of one prompt: binary "active anywhere" (default), mean, max or last.
+
+    >>> z = torch.tensor([[0.0, 2.0], [1.0, 0.0]])
+    >>> pool(z, "binary").tolist(), pool(z, "mean").tolist(), pool(z, "last").tolist()
+    ([1.0, 1.0], [0.5, 1.0], [1.0, 0.0])
+    """
+    if pooling == "binary":
+        return (z > 0).any(0).to(z.dtype)
+    if pooling == "mean":
+        return z.mean(0)
+    if pooling == "max":
+        return z.max(0).values
+    if pooling == "last":
+        return z[-1]
+    raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
+
+
+def _batches(enc: Encoded, batch_size: int, pad_id: int, device):
+    for b in range(0, len(enc.ids), batch_size):
+        rows = enc.ids[b:b + batch_size]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        yield b, ids, mask
+
+
+def _encode(sae, h: Tensor) -> Tensor:
+    return sae.encode(h.to(sae.W_dec.dtype))
+
+
+def _check_finite(h: Tensor, layer: int) -> None:
+    if not torch.isfinite(h).all():
+        bad = int((~torch.isfinite(h)).sum())
+        raise FloatingPointError(f"{bad} NaN/inf values in the residual stream at layer {layer}: check the model's "
+                                 "dtype (fp16 overflows on Gemma-2; use bfloat16 or float32)")
+
+
+@dataclass
+class TripleFeatures:
+    """``U`` prompt features (n_triples, m_in); ``V_pos``/``V_neg`` response features (n_triples, m_out)."""
+
+    U: Float[Tensor, "n_triples m_in"]
+    V_pos: Float[Tensor, "n_triples m_out"]
+    V_neg: Float[Tensor, "n_triples m_out"]
+
+    @property
+    def Delta(self) -> Float[Tensor, "n_triples m_out"]:  # noqa: N802 - the paper's symbol
+        return self.V_pos - self.V_neg
+
+
+@torch.no_grad()
+def prompt_features(model, tokenizer, sae_in, l_in: int, prompts: Sequence[str], pooling: str = "binary",
+                    exclude_template: bool = True, batch_size: int = 16) -> Float[Tensor, "n m_in"]:
+    """``u(x)`` for each prompt: SAE features at ``l_in`` pooled over the prompt's own tokens."""
+    enc = encode_texts(tokenizer, prompts)
+    positions = enc.content if exclude_template else enc.prompt_all
+    pad = tokenizer.pad_token_id or 0
+    out = []
+    for b, ids, mask in _batches(enc, batch_size, pad, model.device):
+        h = forward_until(model, [l_in], ids, mask)[l_in]
+        _check_finite(h, l_in)
+        for j in range(ids.shape[0]):
+            out.append(pool(_encode(sae_in, h[j, positions[b + j]]), pooling).float().cpu())
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def triple_features(model, tokenizer, sae_in, sae_out, l_in: int, l_out: int, triples, pooling: str = "binary",
+                    exclude_template: bool = True, batch_size: int = 16, progress: bool = False) -> TripleFeatures:
+    """``u(x)``, ``v(x, y+)`` and ``v(x, y-)`` for each triple in two passes stopped after ``l_out``."""
+    if l_out <= l_in:
+        raise ValueError(f"l_out={l_out} must be greater than l_in={l_in}: DSPA conditions on an earlier layer "
+                         "and edits a later one")
+    prompts = [t.prompt for t in triples]
+    pad = tokenizer.pad_token_id or 0
+    U, V = [], {}
+    bar = tqdm(total=2 * len(triples), desc="features", disable=not progress, file=sys.stderr)
+    for side in ("chosen", "rejected"):
+        enc = encode_texts(tokenizer, prompts, [getattr(t, side) for t in triples])
+        positions = enc.content if exclude_template else enc.prompt_all
+        V[side] = []
+        for b, ids, mask in _batches(enc, batch_size, pad, model.device):
+            acts = forward_until(model, [l_in, l_out] if side == "chosen" else [l_out], ids, mask)
+            _check_finite(acts[l_out], l_out)
+            for j in range(ids.shape[0]):
+                V[side].append(_encode(sae_out, acts[l_out][j, enc.response[b + j]]).mean(0).float().cpu())
+                if side == "chosen":
+                    U.append(pool(_encode(sae_in, acts[l_in][j, positions[b + j]]), pooling).float().cpu())
+            bar.update(ids.shape[0])
+    bar.close()
+    return TripleFeatures(torch.stack(U), torch.stack(V["chosen"]), torch.stack(V["rejected"]))

@@ -1,0 +1,117 @@
+"""What a freshly built toy world measures about itself (``dspa-lite build-toy --json``).
+
+- the base model unsteered: preferred share, win rate, fluency, classifiable rate, per category;
+- multiple-choice accuracy (seen and unseen facts);
+- each SAE's L0 and fraction of variance explained on held-out dialogues;
+- *style latents* of the output SAE (latents that put >= 80% of their activation mass on one
+  style) and how many are active at the last prompt position versus inside responses, per
+  category: token-active edits can only act where such latents are active.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from . import toylang as L
+from .evals import judge_responses, mcq_accuracy
+from .features import _batches, _encode, encode_texts
+from .generation import generate
+from .hooks import forward_until
+from .sae import sae_stats
+
+__all__ = ["build_report", "style_latents", "style_activity"]
+
+
+def _pure_style_responses(world, n_per_style: int = 40, seed: int = 123) -> list[tuple[str, str, str]]:
+    """(prompt, response, style) with every segment in one style, on held-out prompts."""
+    rng = random.Random(seed)
+    out = []
+    for style in L.STYLES:
+        for i in range(n_per_style):
+            p = L.sample_prompt(L.CATEGORIES[i % len(L.CATEGORIES)], rng)
+            n = rng.randint(world.config.min_segments, world.config.max_segments)
+            out.append((p.text, L.render([style] * n, p.topic, rng), style))
+    return out
+
+
+@torch.no_grad()
+def style_latents(world, threshold: float = 0.8) -> dict[str, list[int]]:
+    """Output-SAE latents whose activation mass on pure-style responses is >= ``threshold`` one style."""
+    data = _pure_style_responses(world)
+    enc = encode_texts(world.tokenizer, [d[0] for d in data], [d[1] for d in data])
+    mass = torch.zeros(len(L.STYLES), world.sae_out.cfg.d_sae)
+    for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
+        h = forward_until(world.model, [world.l_out], ids, mask)[world.l_out]
+        for j in range(ids.shape[0]):
+            z = _encode(world.sae_out, h[j, enc.response[b + j]]).float()
+            mass[L.STYLES.index(data[b + j][2])] += z.sum(0)
+    total = mass.sum(0)
+    share = mass / total.clamp_min(1e-9)
+    live = total > 0
+    return {s: [int(k) for k in torch.nonzero(live & (share[i] >= threshold)).flatten()]
+            for i, s in enumerate(L.STYLES)}
+
+
+@torch.no_grad()
+def style_activity(world, latents: dict[str, list[int]], n_per_category: int = 40) -> dict[str, dict[str, float]]:
+    """Mean number of style latents active at the last prompt position and per response token."""
+    rng = random.Random(7)
+    style_ids = torch.tensor(sorted({k for ks in latents.values() for k in ks}), dtype=torch.long)
+    out = {}
+    for cat in L.CATEGORIES:
+        prompts = [L.sample_prompt(cat, rng) for _ in range(n_per_category)]
+        from .toyworld import base_response
+
+        responses = [base_response(world.config, p, rng) for p in prompts]
+        enc = encode_texts(world.tokenizer, [p.text for p in prompts], responses)
+        last, inside = [], []
+        for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
+            h = forward_until(world.model, [world.l_out], ids, mask)[world.l_out]
+            for j in range(ids.shape[0]):
+                resp = enc.response[b + j]
+                z = _encode(world.sae_out, h[j, [resp[0] - 1] + resp])[:, style_ids] > 0  # (1 + n_resp, n_style)
+                last.append(float(z[0].sum()))
+                inside.append(float(z[1:].sum(-1).float().mean()))
+        out[cat] = {"last_prompt_position": sum(last) / len(last), "inside_response": sum(inside) / len(inside)}
+    return out
+
+
+@torch.no_grad()
+def _held_out_acts(world, layer: int, n: int = 200) -> torch.Tensor:
+    from .toyworld import base_response
+
+    rng = random.Random(11)
+    prompts = [L.sample_prompt(L.CATEGORIES[i % 4], rng) for i in range(n)]
+    enc = encode_texts(world.tokenizer, [p.text for p in prompts], [base_response(world.config, p, rng) for p in prompts])
+    acts = []
+    for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
+        h = forward_until(world.model, [layer], ids, mask)[layer]
+        for j in range(ids.shape[0]):
+            acts.append(h[j, enc.prompt_all[b + j][0]:len(enc.ids[b + j])])
+    return torch.cat(acts)
+
+
+def build_report(world, progress: bool = True, n_prompts: int = 200, seed: int = 0) -> dict:
+    prompts = world.prompts("test", n_prompts)
+    responses = generate(world.model, world.tokenizer, prompts, max_new_tokens=80, temperature=1.0, seed=seed,
+                         batch_size=50, progress=progress)
+    judged = judge_responses(world.judge, prompts, responses)
+    mcq = mcq_accuracy(world.model, world.tokenizer, world.mcq("test"))
+    latents = style_latents(world)
+    sae = {name: sae_stats(getattr(world, name), _held_out_acts(world, layer))
+           for name, layer in (("sae_in", world.l_in), ("sae_out", world.l_out))}
+    return {
+        "unsteered_preferred_rate": {"overall": judged["preferred_share"],
+                                     **{c: v["preferred_share"] for c, v in judged["per_category"].items()}},
+        "unsteered_win_rate": {"overall": judged["win_rate"],
+                               **{c: v["win_rate"] for c, v in judged["per_category"].items()}},
+        "classifiable_rate": judged["classifiable_rate"],
+        "fluency": judged["fluency"],
+        "mcq_accuracy": {k: v for k, v in mcq.items() if k.startswith("accuracy")},
+        "style_latents": {s: len(ks) for s, ks in latents.items()},
+        "style_latents_active": style_activity(world, latents),
+        "sae": sae,
+        "n_prompts": n_prompts,
+    }
