@@ -55,9 +55,11 @@ def judge_responses(judge, prompts: Sequence[str], responses: Sequence[str]) -> 
 def mcq_scores(model, tokenizer, items, steer: Callable | None = None, batch_size: int = 32) -> list[list[float]]:
     """Summed log-likelihood of each option (a full response) given the chat-formatted question.
 
-    ``steer(prompts, input_ids, attention_mask)`` may return a context manager that edits the
-    forward pass (as in :func:`dspa_lite.generate`); under teacher forcing every option token
-    is a position whose prediction is scored.
+    ``steer(prompts, input_ids, attention_mask, start=...)`` may return a context manager that
+    edits the forward pass (as in :func:`dspa_lite.generate`). Log-likelihood scoring has no
+    generated positions; the positions whose predictions are scored play their part: ``start``
+    gives, per row, the last prompt position (it predicts the first answer token), and DSPA edits
+    it and every answer position after it, as it would while generating that answer.
     """
     rows, spans, owners = [], [], []
     for i, item in enumerate(items):
@@ -77,7 +79,9 @@ def mcq_scores(model, tokenizer, items, steer: Callable | None = None, batch_siz
         width = max(map(len, chunk))
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk], device=dev)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk], device=dev)
-        ctx = steer([items[o].prompt for o in owners[b:b + batch_size]], ids, mask) if steer else contextlib.nullcontext()
+        starts = [start - 1 for start, _ in spans[b:b + batch_size]]
+        ctx = (steer([items[o].prompt for o in owners[b:b + batch_size]], ids, mask, start=starts)
+               if steer else contextlib.nullcontext())
         with ctx:
             logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)  # (B, T, V)
         for j, (start, end) in enumerate(spans[b:b + batch_size]):

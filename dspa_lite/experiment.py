@@ -1,0 +1,106 @@
+"""Side-by-side evaluation of steering methods on the toy world, over sampling seeds.
+
+``compare(world, methods, n_prompts, seeds)`` generates with every method on the same held-out
+prompts and seeds, judges them exactly, scores the quiz items, and reports means, standard errors
+over seeds and *paired* differences (method minus unsteered, method minus static) computed seed
+by seed, since sampling noise is shared between methods at the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+
+from .baselines import CAA, StaticSAE, Unsteered, mean_difference
+from .cdmap import CDMap, CDMapConfig
+from .dspa import DSPA, fit_cdmap
+from .evals import judge_responses, mcq_accuracy
+
+__all__ = ["MethodSpec", "build_methods", "compare", "DEFAULTS"]
+
+# The measured defaults (see benchmarks/RESULTS.md): both modes, k=32, alpha=3.
+DEFAULTS = {"mode": "both", "k": 32, "alpha": 3.0, "caa_multiplier": 2.0}
+MAX_NEW_TOKENS = 80
+METRICS = ("preferred_share", "win_rate", "fluency", "first_segment_share", "later_segments_share",
+           "length_cap_rate")
+
+
+def fit_maps(world, n: int | None = None, config: CDMapConfig | None = None) -> CDMap:
+    triples = world.triples("train")[:n] if n else world.triples("train")
+    return fit_cdmap(world.model, world.tokenizer, world.sae_in, world.sae_out, triples, config or CDMapConfig.default())
+
+
+def build_methods(world, names, cdmap: CDMap | None = None, plain: CDMap | None = None, **kw) -> dict[str, object]:
+    """Named methods: ``none``, ``static``, ``caa``, ``dspa``, ``dspa-plain``, ``static-plain``, ``dspa-ungated``."""
+    p = {**DEFAULTS, **kw}
+    cdmap = cdmap if cdmap is not None else fit_maps(world)
+    makers: dict[str, Callable[[], object]] = {
+        "none": lambda: Unsteered(world.model, world.tokenizer),
+        "static": lambda: StaticSAE(world.model, world.tokenizer, world.sae_out, cdmap, p["mode"], p["k"], p["alpha"]),
+        "caa": lambda: CAA(world.model, world.tokenizer,
+                           mean_difference(world.model, world.tokenizer, world.triples("train"), world.l_out),
+                           world.l_out, p["caa_multiplier"]),
+        "dspa": lambda: DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, p["mode"], p["k"],
+                             p["alpha"]),
+        "dspa-ungated": lambda: DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, p["mode"],
+                                     p["k"], p["alpha"], gate="none"),
+    }
+    if plain is not None or any(n.endswith("-plain") for n in names):
+        plain = plain if plain is not None else fit_maps(world, config=CDMapConfig.plain())
+        makers["dspa-plain"] = lambda: DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, plain,
+                                            p["mode"], p["k"], p["alpha"])
+        makers["static-plain"] = lambda: StaticSAE(world.model, world.tokenizer, world.sae_out, plain, p["mode"],
+                                                   p["k"], p["alpha"])
+    unknown = [n for n in names if n not in makers]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(makers)}")
+    return {n: makers[n]() for n in names}
+
+
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, float("nan")
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+
+
+def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1, 2), mcq: bool = True,
+            progress: bool = True) -> dict:
+    """Generate, judge and score every method on the same prompts and seeds (see module docstring)."""
+    prompts = world.prompts("test", n_prompts)
+    runs: dict[str, list[dict]] = {name: [] for name in methods}
+    for seed in seeds:
+        for name, method in methods.items():
+            if progress:
+                print(f"  seed {seed}: {name}", file=sys.stderr, flush=True)
+            responses = method.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=seed,
+                                        batch_size=50)
+            j = judge_responses(world.judge, prompts, responses)
+            j["length_cap_rate"] = sum(len(world.tokenizer(r).input_ids) >= MAX_NEW_TOKENS - 1
+                                       for r in responses) / len(responses)
+            runs[name].append(j)
+    out: dict = {"n_prompts": n_prompts, "seeds": list(seeds), "methods": {}}
+    base_picks = None
+    for name, method in methods.items():
+        res: dict = {"stderr": {}, "per_category": {}}
+        for m in METRICS:
+            res[m], res["stderr"][m] = _mean_se([r[m] for r in runs[name]])
+        for cat in runs[name][0]["per_category"]:
+            res["per_category"][cat] = {m: _mean_se([r["per_category"][cat][m] for r in runs[name]])[0]
+                                        for m in ("preferred_share", "win_rate", "fluency")}
+        for ref in ("none", "static"):
+            if ref in runs and ref != name:
+                diffs = [a["preferred_share"] - b["preferred_share"] for a, b in zip(runs[name], runs[ref])]
+                res[f"vs_{ref}"] = dict(zip(("diff", "se"), _mean_se(diffs)))
+                res[f"vs_{ref}"]["per_category"] = {
+                    c: _mean_se([a["per_category"][c]["preferred_share"] - b["per_category"][c]["preferred_share"]
+                                 for a, b in zip(runs[name], runs[ref])])[0] for c in res["per_category"]}
+        if mcq:
+            acc = mcq_accuracy(world.model, world.tokenizer, world.mcq("test"), steer=method.steer)
+            res["mcq_accuracy"] = acc["accuracy"]
+            base_picks = acc["picks"] if name == "none" else base_picks
+            if base_picks is not None:
+                res["mcq_changed_items"] = sum(a != b for a, b in zip(acc["picks"], base_picks))
+        out["methods"][name] = res
+    return out

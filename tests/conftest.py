@@ -1,0 +1,27 @@
+"""Shared fixtures: the toy world is built once per session (cached in DSPA_CACHE) and reused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dspa_lite import toyworld
+from dspa_lite.config import seed_everything
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    seed_everything(0)
+
+
+@pytest.fixture(scope="session")
+def world():
+    torch.set_num_threads(2)
+    return toyworld.load(progress=False)
+
+
+@pytest.fixture(scope="session")
+def cdmap(world):
+    from dspa_lite.experiment import fit_maps
+
+    return fit_maps(world)

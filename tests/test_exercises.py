@@ -1,0 +1,55 @@
+"""Each check accepts a correct solution and diagnoses typical mistakes."""
+
+import pytest
+import torch
+
+from dspa_lite import exercises as ex
+from dspa_lite import toylang as L
+from dspa_lite.cdmap import estimate_map, prompt_scores
+
+
+def good_share(prompt, response):
+    return L.Judge()(prompt, response).preferred_share
+
+
+def first_segment_only(prompt, response):
+    v = L.Judge()(prompt, response)
+    return float(v.styles[0] == v.preferred)
+
+
+def test_preferred_share():
+    ex.check_preferred_share(good_share)
+    with pytest.raises(AssertionError, match="first segment"):
+        ex.check_preferred_share(first_segment_only)
+
+
+def test_conditional_mean():
+    ex.check_conditional_mean(lambda U, D, n: estimate_map(U, D, n_min=n))
+    with pytest.raises(AssertionError, match="U\\^T Delta"):
+        ex.check_conditional_mean(lambda U, D, n: U.T @ D)
+    with pytest.raises(AssertionError, match="n_min=2"):
+        ex.check_conditional_mean(lambda U, D, n: estimate_map(U, D, n_min=1))
+
+
+def test_token_active_edit():
+    def good(z, k_neg, k_pos, alpha):
+        z = z.clone()
+        active = z > 0
+        z[:, k_neg] = 0
+        z[:, k_pos] = torch.where(active[:, k_pos], z[:, k_pos] * (1 + alpha), z[:, k_pos])
+        return z
+
+    def switches_on(z, k_neg, k_pos, alpha):
+        z = good(z, k_neg, k_pos, alpha)
+        z[:, k_pos] += 0.5
+        return z
+
+    ex.check_token_active_edit(good)
+    with pytest.raises(AssertionError, match="never switches a latent on"):
+        ex.check_token_active_edit(switches_on)
+
+
+def test_scores():
+    ex.check_scores(prompt_scores)
+    with pytest.raises(AssertionError, match="max\\(1, \\|u\\|_1\\)"):
+        ex.check_scores(lambda A, u: A.T @ u / u.abs().sum())
