@@ -34,6 +34,75 @@ def cmd_build_toy(args) -> dict:
     return report
 
 
+def _world(profile: str):
+    if profile != "tiny":
+        raise ValueError(f"--profile {profile}: this command runs the toy world only so far; "
+                         "real models are loaded in Python (see book chapter 07)")
+    from . import toyworld
+
+    return toyworld.load(progress=True)
+
+
+def cmd_fit(args) -> dict:
+    from .cdmap import CDMapConfig
+    from .data import read_jsonl
+    from .dspa import fit_cdmap
+
+    world = _world(args.profile)
+    triples = read_jsonl(args.triples) if args.triples else world.triples("train")
+    if args.n:
+        if args.n > len(triples):
+            raise ValueError(f"--n {args.n} exceeds the {len(triples)} triples available")
+        triples = triples[:args.n]
+    config = CDMapConfig.plain() if args.plain else CDMapConfig.default()
+    t0 = time.perf_counter()
+    cdmap = fit_cdmap(world.model, world.tokenizer, world.sae_in, world.sae_out, triples, config, progress=True)
+    path = cdmap.save(args.out, overwrite=args.overwrite)
+    return {"path": str(path), "n_triples": len(triples), "fit_seconds": time.perf_counter() - t0,
+            "config": config.to_dict(), "meta": cdmap.meta}
+
+
+def cmd_generate(args) -> dict:
+    from .cdmap import CDMap
+    from .dspa import DSPA
+
+    world = _world(args.profile)
+    cdmap = CDMap.load(args.map)
+    steerer = DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, args.mode, args.k, args.alpha)
+    prompts = args.prompt
+    steered = steerer.generate(prompts, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    out = {"generations": []}
+    for p, text in zip(prompts, steered):
+        row = {"prompt": p, "dspa": text, "K_neg": steerer.scores(p)["K_neg"].tolist()}
+        try:
+            v = world.judge(p, text)
+            row.update(style=v.style, preferred=v.preferred, preferred_share=v.preferred_share)
+        except ValueError:
+            pass  # not a toy-world prompt: no ground truth to report
+        out["generations"].append(row)
+    if not args.json:
+        for row in out["generations"]:
+            print(f"{row['prompt']}\n  -> {row['dspa']}", file=sys.stderr)
+    return out
+
+
+def cmd_eval(args) -> dict:
+    from .experiment import build_methods, compare
+
+    world = _world(args.profile)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = build_methods(world, names, mode=args.mode, k=args.k, alpha=args.alpha)
+    return compare(world, methods, n_prompts=args.n_prompts, seeds=range(args.seeds), mcq=not args.no_mcq)
+
+
+def _steer_args(p: argparse.ArgumentParser) -> None:
+    from .experiment import DEFAULTS
+
+    p.add_argument("--mode", default=DEFAULTS["mode"], choices=("ablate", "augment", "both"))
+    p.add_argument("--k", type=int, default=DEFAULTS["k"], help="latents per set (K_neg, K_pos)")
+    p.add_argument("--alpha", type=float, default=DEFAULTS["alpha"], help="augment scale: z -> (1 + alpha) z")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspa-lite", description="Dynamic SAE Steering for Preference Alignment")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +111,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if a cached copy exists")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     p.set_defaults(func=cmd_build_toy)
+
+    p = sub.add_parser("fit", help="fit a conditional-difference map and save it")
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--triples", help="a JSONL file of {prompt, chosen, rejected} (default: the toy world's)")
+    p.add_argument("--n", type=int, help="use only the first N triples")
+    p.add_argument("--plain", action="store_true", help="the textbook estimator without the map options")
+    p.add_argument("--out", required=True, help="folder to write the map to")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("generate", help="generate with DSPA from a saved map")
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--map", required=True, help="a folder written by `dspa-lite fit`")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    _steer_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=80)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="compare steering methods on the toy world with the exact judge")
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--methods", default="none,static,caa,dspa")
+    p.add_argument("--n-prompts", type=int, default=200)
+    p.add_argument("--seeds", type=int, default=3, help="number of sampling seeds (0..S-1)")
+    p.add_argument("--no-mcq", action="store_true", help="skip multiple-choice accuracy")
+    _steer_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -38,14 +38,18 @@ def _pure_style_responses(world, n_per_style: int = 40, seed: int = 123) -> list
 
 @torch.no_grad()
 def style_latents(world, threshold: float = 0.8) -> dict[str, list[int]]:
-    """Output-SAE latents whose activation mass on pure-style responses is >= ``threshold`` one style."""
+    """Output-SAE latents that put >= ``threshold`` of their activation mass on one style.
+
+    Mass is summed over every position of pure-style dialogues (prompt and response, BOS excluded),
+    so a latent that fires on prompts, which all styles share, is not a style latent.
+    """
     data = _pure_style_responses(world)
     enc = encode_texts(world.tokenizer, [d[0] for d in data], [d[1] for d in data])
     mass = torch.zeros(len(L.STYLES), world.sae_out.cfg.d_sae)
     for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
         h = forward_until(world.model, [world.l_out], ids, mask)[world.l_out]
         for j in range(ids.shape[0]):
-            z = _encode(world.sae_out, h[j, enc.response[b + j]]).float()
+            z = _encode(world.sae_out, h[j, enc.prompt_all[b + j] + enc.response[b + j]]).float()
             mass[L.STYLES.index(data[b + j][2])] += z.sum(0)
     total = mass.sum(0)
     share = mass / total.clamp_min(1e-9)
@@ -56,7 +60,7 @@ def style_latents(world, threshold: float = 0.8) -> dict[str, list[int]]:
 
 @torch.no_grad()
 def style_activity(world, latents: dict[str, list[int]], n_per_category: int = 40) -> dict[str, dict[str, float]]:
-    """Mean number of style latents active at the last prompt position and per response token."""
+    """Style latents active at the last prompt position vs per response token: counts and summed activation."""
     rng = random.Random(7)
     style_ids = torch.tensor(sorted({k for ks in latents.values() for k in ks}), dtype=torch.long)
     out = {}
@@ -66,15 +70,18 @@ def style_activity(world, latents: dict[str, list[int]], n_per_category: int = 4
 
         responses = [base_response(world.config, p, rng) for p in prompts]
         enc = encode_texts(world.tokenizer, [p.text for p in prompts], responses)
-        last, inside = [], []
+        rows: list[list[float]] = []
         for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
             h = forward_until(world.model, [world.l_out], ids, mask)[world.l_out]
             for j in range(ids.shape[0]):
                 resp = enc.response[b + j]
-                z = _encode(world.sae_out, h[j, [resp[0] - 1] + resp])[:, style_ids] > 0  # (1 + n_resp, n_style)
-                last.append(float(z[0].sum()))
-                inside.append(float(z[1:].sum(-1).float().mean()))
-        out[cat] = {"last_prompt_position": sum(last) / len(last), "inside_response": sum(inside) / len(inside)}
+                z = _encode(world.sae_out, h[j, [resp[0] - 1] + resp])[:, style_ids].float()  # (1 + n_resp, n_style)
+                on = z > 0
+                rows.append([float(on[0].sum()), float(on[1:].sum(-1).float().mean()),
+                             float(z[0].sum()), float(z[1:].sum(-1).mean())])
+        mean = [sum(col) / len(col) for col in zip(*rows)]
+        out[cat] = {"last_prompt_position": mean[0], "inside_response": mean[1],
+                    "mass_last_prompt_position": mean[2], "mass_inside_response": mean[3]}
     return out
 
 

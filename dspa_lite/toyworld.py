@@ -307,8 +307,13 @@ class ToyWorld:
         self.model = AutoModelForCausalLM.from_pretrained(self.path / "model", attn_implementation="eager").eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.model.config.name_or_path = self.model_id  # an identity that does not depend on DSPA_CACHE
         self.sae_in = load_from_disk(self.path / "sae_in")
         self.sae_out = load_from_disk(self.path / "sae_out")
+        for sae, layer in ((self.sae_in, self.l_in), (self.sae_out, self.l_out)):
+            sae.cfg.metadata.model_name = self.model_id
+            sae.cfg.metadata.release = f"dspa-lite-toy-{cfg.hash()}"
+            sae.cfg.metadata.sae_id = f"layer_{layer}/width_{sae.cfg.d_sae}"
         report = self.path / "report.json"
         self.report = json.loads(report.read_text()) if report.exists() else {}
 

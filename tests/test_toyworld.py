@@ -98,5 +98,5 @@ def test_world_meets_its_targets(world):
     assert 0.60 <= r["mcq_accuracy"]["accuracy"] <= 0.90
     for name in ("sae_in", "sae_out"):
         assert r["sae"][name]["fve"] >= 0.9, (name, r["sae"][name])
-    for cat, act in r["style_latents_active"].items():  # style lives inside responses, not before them
-        assert act["inside_response"] > 2 * act["last_prompt_position"], (cat, act)
+    for cat, act in r["style_latents_active"].items():  # style is expressed inside responses, not before them
+        assert act["mass_inside_response"] > 2 * act["mass_last_prompt_position"], (cat, act)
