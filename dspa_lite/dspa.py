@@ -174,6 +174,7 @@ class DSPA:
                    gate, cdmap.latent_mean)  # validates mode/gate now rather than at generation time
         self.mode, self.k, self.alpha, self.positions, self.gate = mode, k, alpha, positions, gate
         self.last_edit: LatentEdit | None = None
+        self.record = False  # keep, per forward call, which latents were edited (for the explorer and audits)
 
     def scores(self, prompt: str | Sequence[str]) -> dict[str, Any]:
         """``s(x)``, ``K_neg`` and ``K_pos`` for one prompt (or a list: batched tensors)."""
@@ -193,8 +194,10 @@ class DSPA:
         else:
             sc = self.scores(list(prompts))
             neg, pos = masks_from(sc["K_neg"], d_sae), masks_from(sc["K_pos"], d_sae)
-        return LatentEdit(self.sae_out, neg, pos, self.mode, self.alpha, self.gate, self.cdmap.latent_mean,
-                          start=start, every_position=self.positions == "all")
+        ed = LatentEdit(self.sae_out, neg, pos, self.mode, self.alpha, self.gate, self.cdmap.latent_mean,
+                        start=start, every_position=self.positions == "all")
+        ed.record = self.record
+        return ed
 
     @contextlib.contextmanager
     def steer(self, prompts: Sequence[str], input_ids: Tensor | None = None, attention_mask: Tensor | None = None,

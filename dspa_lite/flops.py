@@ -63,12 +63,9 @@ class ModelShape:
 
 
 KNOWN_MODELS: dict[str, ModelShape] = {
-    # the random-weight test model of tiny_setup(); not the trained toy world of toyworld.py
-    "tiny": ModelShape(4, 128, 512, 4, 2, 32, 193),
-    # transformers' Gemma2Config() defaults are exactly gemma-2-2b (checked against transformers 5.24)
-    "gemma-2-2b": ModelShape(26, 2304, 9216, 8, 4, 256, 256000),
-    # google/gemma-2-9b config.json, as quoted in maxtext's hf_model_configs.py and REFERENCES.md
-    "gemma-2-9b": ModelShape(42, 3584, 14336, 16, 8, 256, 256000),
+    "tiny": ModelShape(4, 128, 512, 4, 2, 32, 193),  # tiny_setup()'s random-weight model, not toyworld's trained one
+    "gemma-2-2b": ModelShape(26, 2304, 9216, 8, 4, 256, 256000),  # = transformers 5.24's Gemma2Config() defaults
+    "gemma-2-9b": ModelShape(42, 3584, 14336, 16, 8, 256, 256000),  # its config.json (via maxtext, REFERENCES.md)
     # Qwen/Qwen3-8B config.json (Qwen3Config() defaults are not Qwen3-8B); its LM head is untied
     "qwen3-8b": ModelShape(36, 4096, 12288, 32, 8, 128, 151936, tied_embeddings=False),
 }
@@ -123,6 +120,8 @@ def dspa_fit(shape: ModelShape, d_sae_in: int, d_sae_out: int, n_triples: int, p
     (``x+y+``, ``x+y-``) stopped after ``l_out``; ``sae_in`` on the prompt tokens once (an upper bound:
     template tokens are dropped); ``sae_out`` on both responses; ``U^T Delta`` as a dense matmul (binary
     ``u`` is sparse, so really ``n*|u|_0*m_out``; negligible either way)."""
+    if not 0 <= l_in < l_out < shape.n_layers:
+        raise ValueError(f"need 0 <= l_in < l_out < {shape.n_layers}, got l_in={l_in}, l_out={l_out}")
     T = prompt_len + response_len
     return _total({"forward_to_l_out": 2 * n_triples * forward_flops(shape, T, T, upto_layer=l_out),
                    "sae_in_encode": sae_encode_flops(shape.d_model, d_sae_in, n_triples * prompt_len),
@@ -134,8 +133,9 @@ def static_fit(shape: ModelShape, d_sae_out: int, n_triples: int, prompt_len: in
                l_out: int) -> dict[str, int]:
     """Static SAE steering's fit: DSPA's passes and ``sae_out`` encodes, no ``sae_in``, no map; the mean
     of ``delta`` is ``n*m_out`` additions (listed, though no matmul counter sees it)."""
-    fit = dspa_fit(shape, 1, d_sae_out, n_triples, prompt_len, response_len, 0, l_out)
-    return _total({"forward_to_l_out": fit["forward_to_l_out"], "sae_out_encode": fit["sae_out_encode"],
+    T = prompt_len + response_len
+    return _total({"forward_to_l_out": 2 * n_triples * forward_flops(shape, T, T, upto_layer=l_out),
+                   "sae_out_encode": sae_encode_flops(shape.d_model, d_sae_out, 2 * n_triples * response_len),
                    "mean_delta": n_triples * d_sae_out})
 
 
@@ -167,12 +167,11 @@ def rahf_scit(shape: ModelShape, n_pairs: int, seq_len: int, stage1_epochs: int 
               stage2_seq_len: int | None = None, grad_checkpointing: bool = True) -> dict[str, int]:
     """RAHF-SCIT (Liu et al., ACL 2024) as the jtbwedgwood/RAHF reproduction runs it (REFERENCES.md).
 
-    Stage 1 (``SCIT-step1.py``, full fine-tune): two sequences of ``seq_len`` tokens per pair (good instruction
-    -> chosen, bad -> rejected), each through three forward passes with gradients (LM loss; matched and swapped
-    instruction for the contrastive term; the first two share their input), each 3x a forward. Stage 2
-    (``RAHF.py``): a fixed ``stage2_steps * stage2_batch`` examples, whatever ``n_pairs`` is, each three frozen
-    full forwards (base; stage-1 model with good and bad instruction) and one LoRA pass (:func:`lora_step_flops`,
-    with gradient checkpointing's recompute) on ``stage2_seq_len`` tokens (the reproduction pads to 256 + 512)."""
+    Stage 1 (``SCIT-step1.py``, full fine-tune): two sequences of ``seq_len`` tokens per pair (good instruction ->
+    chosen, bad -> rejected), each through three passes with gradients, 3x a forward each (LM loss; matched and
+    swapped instruction for the contrastive term). Stage 2 (``RAHF.py``): ``stage2_steps * stage2_batch`` examples
+    whatever ``n_pairs`` is, each three frozen full forwards (base; stage-1 model with good and bad instruction) and
+    a LoRA pass (:func:`lora_step_flops`, plus checkpointing's recompute) on ``stage2_seq_len`` (256 + 512) tokens."""
     T2, n2 = stage2_seq_len or seq_len, stage2_steps * stage2_batch
     lora = lora_step_flops(shape, n2 * T2, T2, target_layers, lora_rank, grad_checkpointing)
     return _total({"stage1": stage1_epochs * n_pairs * 2 * 3 * 3 * forward_flops(shape, seq_len, seq_len),
@@ -187,7 +186,7 @@ def decode_overhead(shape: ModelShape, d_sae: int, method: str, context_len: int
 
     ``dspa``, ``static``: an ``sae_out`` encode and ``(z' - z) @ W_dec`` per edited token, ``4*d*d_sae``; ``caa``: a
     vector add, ``d_model`` FLOPs. The model's step is a cached forward against ``context_len`` keys. ``per_prompt``:
-    the edit over every prefill position; for DSPA also a forward to ``l_in`` (default depth/4), ``sae_in``, ``A^T u``."""
+    the edit over every prefill position; DSPA adds a forward to ``l_in`` (default depth/4), ``sae_in``, ``A^T u``."""
     if method not in ("dspa", "static", "caa"):
         raise ValueError(f"method={method!r}: choose one of dspa, static, caa")
     d, step = shape.d_model, forward_flops(shape, 1, context_len)
@@ -283,9 +282,9 @@ def cross_check(model, sae_in, sae_out, l_in: int, l_out: int, batch: int = 2, p
                 response_len: int = 12, lora_rank: int = 4, target_layers: Sequence[int] = (1, 2)) -> dict:
     """Analytic vs measured FLOPs, ``{component: {"analytic", "measured", "rel_err"}}``, on random inputs.
 
-    Components: a full forward; one stopped after ``l_out`` (``forward_until``); each SAE encode; DSPA's
-    fitting pass on ``batch`` triples; a training step (forward+backward, as in DPO); a RAHF LoRA step; a
-    cached decoding step; the per-token :class:`~dspa_lite.dspa.LatentEdit`. Model gradients are cleared."""
+    Components: a full forward; one stopped after ``l_out`` (``forward_until``); each SAE encode; DSPA's fitting
+    pass on ``batch`` triples; a training step (as in DPO); a RAHF LoRA step; a cached decoding step; the per-token
+    ``LatentEdit``. Load the model with eager attention: the counter misses CPU sdpa kernels' FLOPs."""
     from .dspa import LatentEdit
     shape, P, B = ModelShape.from_config(model.config), prompt_len, batch
     m_in, m_out = sae_in.cfg.d_sae, sae_out.cfg.d_sae

@@ -93,14 +93,14 @@ def _chain(e: BaseException) -> list[BaseException]:
     return seen
 
 
-def _translate(e: BaseException, what: str, repo: str) -> ModelLoadError | None:
+def _translate(e: BaseException, what: str, repo: str, fetch: str) -> ModelLoadError | None:
     """A :class:`ModelLoadError` for the failures people can fix, or ``None`` to let ``e`` through."""
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     chain = _chain(e)
     text = " ".join(str(x) for x in chain)
     said = f"[{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}]"[:300]
-    if any(isinstance(x, torch.OutOfMemoryError) for x in chain) or "can't allocate memory" in text:
+    if any(isinstance(x, torch.cuda.OutOfMemoryError) for x in chain) or "can't allocate memory" in text:
         return ModelLoadError(
             f"out of memory while loading {what}. Load in bfloat16 (dtype='bfloat16', the GPU default), use "
             "narrower SAEs (a width_16k template), free the GPU (del old models, torch.cuda.empty_cache()), or "
@@ -110,14 +110,14 @@ def _translate(e: BaseException, what: str, repo: str) -> ModelLoadError | None:
             f"{repo} is a gated repository: accept the licence at https://huggingface.co/{repo} and run "
             f"`huggingface-cli login` (or `hf auth login`) or set HF_TOKEN, then load {what} again. {said}")
     offline = any(isinstance(x, (LocalEntryNotFoundError, OfflineModeIsEnabled)) for x in chain) or any(
-        s in text for s in ("couldn't connect", "offline mode", "Offline mode", "cannot find the requested files"))
+        s in text.lower() for s in ("couldn't connect", "offline mode", "cannot find the requested files"))
     if offline:
         import huggingface_hub.constants as hub
 
         return ModelLoadError(
             f"could not load {what}: {repo} is not in the Hugging Face cache ({hub.HF_HUB_CACHE}) and the hub "
-            f"cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}, or no network). Download "
-            f"it once where there is network (`hf download {repo}`), or load local copies with "
+            f"cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}, or no network). {fetch} "
+            "where there is network (into the same cache), or load local copies with "
             f"profile.with_paths(model_path=..., sae_paths={{layer: folder}}). {said}")
     if "does not recognize this architecture" in text or ("model type" in text and "not recognized" in text):
         import transformers
@@ -129,13 +129,13 @@ def _translate(e: BaseException, what: str, repo: str) -> ModelLoadError | None:
 
 
 @contextlib.contextmanager
-def _translated(what: str, repo: str):
+def _translated(what: str, repo: str, fetch: str):
     try:
         yield
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - translated when we know the cause, re-raised unchanged otherwise
-        if (err := _translate(e, what, repo)) is not None:
+        if (err := _translate(e, what, repo, fetch)) is not None:
             raise err from e
         raise
 
@@ -166,19 +166,22 @@ def load(profile: Profile | str, device: str | torch.device | None = None,
         world = _toyworld()
         dev = _device(device)
         return world.model.to(dev, resolve_dtype(profile, dev, dtype)), world.tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dev = _device(device)
     torch_dtype = resolve_dtype(profile, dev, dtype)
     source = _local_folder(profile.model_path, profile.name) if profile.model_path else profile.model_id
     what = f"{profile.name} ({source})"
-    kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": False}
-    if "gemma" in profile.model_id.lower():
-        kwargs["attn_implementation"] = "eager"  # Gemma-2's attention logit soft-capping is exact in eager
+    new_kwarg = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56)  # torch_dtype -> dtype
+    kwargs: dict = {"dtype" if new_kwarg else "torch_dtype": torch_dtype, "trust_remote_code": False}
     if dev.type == "cuda":  # straight onto the GPU(s): a 9B model staged in CPU RAM would not fit in Colab's
         kwargs["device_map"] = "auto" if torch.cuda.device_count() > 1 and dev.index is None else str(dev)
-    with _hub_env() as hub, _translated(what, profile.model_id):
+    with _hub_env() as hub, _translated(what, profile.model_id, f"Download it once (`hf download {source}`)"):
         cache = hub.HF_HUB_CACHE
+        model_config = AutoConfig.from_pretrained(source, trust_remote_code=False, cache_dir=cache)
+        if model_config.model_type.startswith("gemma"):
+            kwargs["attn_implementation"] = "eager"  # Gemma-2's attention-logit soft-capping needs eager attention
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, cache_dir=cache)
         model = AutoModelForCausalLM.from_pretrained(source, cache_dir=cache, **kwargs)
         if "device_map" not in kwargs:
@@ -251,7 +254,8 @@ def load_sae(profile: Profile | str, layer: int, device: str | torch.device | No
     else:
         sae = _load_hub_sae(profile, layer, sid, dev)
         where = f"{profile.sae_release}/{sid}"
-    sae = sae.to(torch.float32)
+    sae = sae.to(torch.float32)  # fp32 next to a bf16 model: the hooks cast at the hook
+    sae.cfg.dtype = "float32"
     meta = sae.cfg.metadata
     if profile.sae_release and not meta.release:
         meta.release, meta.sae_id = profile.sae_release, sid
@@ -280,35 +284,28 @@ def _toy_sae(layer: int):
 def _load_hub_sae(profile: Profile, layer: int, sid: str, dev: torch.device):
     import sae_lens
     from sae_lens import SAE
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    from .profiles import registry_ids
-
-    if profile.sae_release is None:
+    release = profile.sae_release
+    if release is None:
         raise ModelLoadError(f"profile {profile.name!r} has no SAE release: pass a local folder with "
                              f"profile.with_paths(sae_paths={{{layer}: folder}})")
-    ids = registry_ids(profile.sae_release)
-    if not ids and "/" not in profile.sae_release:
+    entry = get_pretrained_saes_directory().get(release)  # sae-lens's registry, read offline
+    if entry is None and "/" not in release:  # a name with a slash is a hub repo id, which sae-lens also takes
         raise ModelLoadError(
-            f"sae-lens {sae_lens.__version__} does not list the release {profile.sae_release!r}: upgrade it "
+            f"sae-lens {sae_lens.__version__} does not list the release {release!r}: upgrade it "
             "(pip install -U sae-lens) or pass local SAE folders with profile.with_paths(sae_paths=...)")
-    if ids and sid not in ids:
+    if entry is not None and sid not in entry.saes_map:
         layers = profile.registry_layers()
         have = f"layers {', '.join(map(str, layers))}" if layers else "no layer"
         raise ModelLoadError(
-            f"no SAE {sid!r} in release {profile.sae_release!r} for layer {layer} of {profile.name}: with the "
-            f"template {profile.sae_id_template!r} the registry has {have}. Choose one of those layers "
+            f"no SAE {sid!r} in release {release!r} for layer {layer} of {profile.name}: with the template "
+            f"{profile.sae_id_template!r} the registry has {have}. Choose one of those layers "
             "(dataclasses.replace(profile, l_in=..., l_out=...)) or another width in sae_id_template")
-    repo = _sae_repo(profile.sae_release)
-    with _hub_env(), _translated(f"the SAE {profile.sae_release}/{sid}", repo):
-        return SAE.from_pretrained(profile.sae_release, sid, device=str(dev), dtype="float32").eval().requires_grad_(
-            False)
-
-
-def _sae_repo(release: str) -> str:
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    entry = get_pretrained_saes_directory().get(release)
-    return entry.repo_id if entry is not None else release
+    fetch = f"Load it once (SAE.from_pretrained({release!r}, {sid!r}) caches just this SAE)"
+    with _hub_env(), _translated(f"the SAE {release}/{sid}", entry.repo_id if entry else release, fetch):
+        sae = SAE.from_pretrained(release, sid, device=str(dev), dtype="float32")
+    return sae.eval().requires_grad_(False)
 
 
 def _check_sae(profile: Profile, layer: int, sae, where: str, model: nn.Module | None) -> None:

@@ -21,8 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from .config import ConfigError
+from typing import Any
 
 __all__ = ["PROFILES", "Profile", "get_profile", "registry_ids"]
 
@@ -42,6 +41,8 @@ class Profile:
         d_sae: width of the SAEs named by the template.
         est_gpu_memory_gb: model weights in ``dtype`` + two fp32 SAEs + KV cache for a batch of 16 x 1k tokens.
         est_minutes_a100: chapter 07's pipeline on one A100 (see ``est_note``); ``None`` if not meant for one.
+        chat_template_kwargs: extra template variables, as pairs (Qwen3: ``enable_thinking=False`` for
+            direct answers); :attr:`chat_kwargs` gives them as a dict.
         model_path, sae_paths: local folders that replace the hub (set with :meth:`with_paths`).
     """
 
@@ -57,6 +58,7 @@ class Profile:
     dtype: str = "bfloat16"
     sae_note: str = ""  # which model the SAEs were trained on, and what that implies
     chat_note: str = ""  # the chat template's quirks
+    chat_template_kwargs: tuple[tuple[str, Any], ...] = ()  # extra variables for apply_chat_template
     est_gpu_memory_gb: float = 0.0
     est_minutes_a100: float | None = None
     est_note: str = ""
@@ -85,6 +87,11 @@ class Profile:
         'layer_12/width_16k/canonical'
         """
         return self.sae_id_template.format(L=layer)
+
+    @property
+    def chat_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments to pass to ``tokenizer.apply_chat_template`` (e.g. Qwen3's ``enable_thinking``)."""
+        return dict(self.chat_template_kwargs)
 
     def sae_path(self, layer: int) -> Path | None:
         """The local SAE folder for ``layer``, if :meth:`with_paths` set one."""
@@ -196,7 +203,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         sae_note="Qwen-Scope TopK SAEs (k=100, width 64k) trained on Qwen3-8B-Base, not on the post-trained "
                  "Qwen3-8B: applying them here is a transfer assumption the results depend on",
         chat_note="ChatML (<|im_start|>user ... <|im_end|>), no BOS token; Qwen3 thinks (<think>...</think>) "
-                  "before answering unless the template gets enable_thinking=False",
+                  "before answering unless the template gets enable_thinking=False (chat_kwargs)",
+        chat_template_kwargs=(("enable_thinking", False),),
         est_gpu_memory_gb=24.0, est_minutes_a100=30.0, est_note=_EST_NOTE + "; needs a 40 GB or larger GPU",
     ),
 )}
@@ -210,6 +218,8 @@ def get_profile(name: str | Profile) -> Profile:
     ...
     dspa_lite.config.ConfigError: unknown profile 'gemma-3'; known profiles: tiny, gemma-2-2b, ..., qwen3-8b
     """
+    from .config import ConfigError  # imported here so that config.py can import this module
+
     if isinstance(name, Profile):
         return name
     if name not in PROFILES:

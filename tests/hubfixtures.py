@@ -257,7 +257,7 @@ def residuals(model, tokenizer, layer: int, texts: list[str] | None = None) -> t
 
     rows = preference_rows(8)
     texts = texts or [p + r["chosen"][1]["content"] for r, p in
-                      zip(rows, format_prompts(tokenizer, [r["prompt"] for r in rows]))]
+                      zip(rows, format_prompts(tokenizer, [r["prompt"] for r in rows]), strict=True)]
     out = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
