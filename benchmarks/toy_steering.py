@@ -132,8 +132,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     ap.add_argument("--sections", default="main,frontier,sweep,audit")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     world = toyworld.load()
     n, seeds = (80, (0,)) if args.quick else (200, (0, 1, 2))

@@ -95,6 +95,12 @@ def cmd_eval(args) -> dict:
     return compare(world, methods, n_prompts=args.n_prompts, seeds=range(args.seeds), mcq=not args.no_mcq)
 
 
+def cmd_flops(args) -> dict:
+    from .flops import cli_report
+
+    return cli_report(args.model, args.measure)
+
+
 def _steer_args(p: argparse.ArgumentParser) -> None:
     from .experiment import DEFAULTS
 
@@ -141,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     _steer_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("flops", help="alignment-stage FLOPs: DSPA vs RAHF-SCIT vs DPO, and the flop-counter cross-check")
+    p.add_argument("--model", default="tiny", help="tiny, gemma-2-2b, gemma-2-9b or qwen3-8b")
+    p.add_argument("--measure", action="store_true", help="(tiny) also count FLOPs with torch.utils.flop_counter")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flops)
     return parser
 
 

@@ -19,13 +19,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["profile_name", "fast_mode", "cache_dir", "device", "dtype", "seed_everything", "ConfigError"]
-
-KNOWN_PROFILES = ("tiny", "gemma-2-2b", "gemma-2-2b-it", "gemma-2-9b", "qwen3-8b")
+__all__ = ["profile_name", "fast_mode", "cache_dir", "device", "dtype", "seed_everything", "ConfigError",
+           "PROFILES", "Profile", "get_profile", "KNOWN_PROFILES"]
 
 
 class ConfigError(ValueError):
     """A setting (usually an environment variable) has a value we cannot use."""
+
+
+def __getattr__(name: str):
+    # PROFILES lives in profiles.py (one profile per model); re-exported here lazily to avoid an import cycle
+    if name in ("PROFILES", "Profile", "get_profile"):
+        from . import profiles
+
+        return getattr(profiles, name)
+    if name == "KNOWN_PROFILES":
+        from .profiles import PROFILES
+
+        return tuple(PROFILES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _truthy(value: str, name: str) -> bool:
@@ -46,8 +58,9 @@ def profile_name() -> str:
     name = os.environ.get("DSPA_PROFILE", "").strip()
     if not name:
         return "tiny" if in_ci() or not torch.cuda.is_available() else "gemma-2-2b"
-    if name not in KNOWN_PROFILES:
-        raise ConfigError(f"DSPA_PROFILE={name!r} is not a known profile; choose one of {', '.join(KNOWN_PROFILES)}")
+    known = __getattr__("KNOWN_PROFILES")
+    if name not in known:
+        raise ConfigError(f"DSPA_PROFILE={name!r} is not a known profile; choose one of {', '.join(known)}")
     return name
 
 

@@ -343,8 +343,9 @@ def load_preferences(name: str, split: str = "train", n: int | None = None, seed
 def apply_chat(tokenizer: Any, prompt: str) -> str:
     """``prompt`` as one user turn in the tokenizer's chat template, ending where the reply starts.
 
-    A tokenizer without a chat template (a base model, the toy world) gets the raw prompt.
+    A tokenizer without a chat template (a base model) gets the raw prompt. This is
+    :func:`dspa_lite.generation.format_prompts` for one prompt.
     """
-    if not getattr(tokenizer, "chat_template", None):
-        return prompt
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    from .generation import format_prompts
+
+    return format_prompts(tokenizer, [prompt])[0]

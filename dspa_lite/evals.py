@@ -110,7 +110,7 @@ def text_metrics(responses: Sequence[str], n: int = 2) -> dict[str, float]:
     (3.0, 0.75)
     """
     words = [r.split() for r in responses]
-    grams = [tuple(w[i:i + n]) for ws in words for i in range(len(ws) - n + 1)]
+    grams = [tuple(ws[i:i + n]) for ws in words for i in range(len(ws) - n + 1)]
     reps = [1 - len(set(ws)) / len(ws) for ws in words if ws]
     return {
         "mean_words": sum(map(len, words)) / max(1, len(words)),

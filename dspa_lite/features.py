@@ -49,8 +49,12 @@ def encode_texts(tokenizer, prompts: Sequence[str], responses: Sequence[str] | N
     for i, (p, text) in enumerate(zip(prompts, texts)):
         add_special = bool(tokenizer.bos_token) and not text.startswith(tokenizer.bos_token)
         enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
-        start = text.rfind(p)
-        end = start + len(p)
+        content_text = p.strip()  # chat templates (Gemma's) trim the message
+        start = text.rfind(content_text)
+        if start < 0:
+            raise ValueError(f"prompt {i} ({p[:40]!r}) does not appear in its chat-formatted text; "
+                             "the tokenizer's chat template rewrites it, so its content tokens cannot be found")
+        end = start + len(content_text)
         ids = list(enc["input_ids"])
         content = [t for t, (a, b) in enumerate(enc["offset_mapping"]) if a >= start and b <= end and b > a]
         if not content:

@@ -202,10 +202,10 @@ def decode_overhead(shape: ModelShape, d_sae: int, method: str, context_len: int
 
 # Assumed for the modelled comparison (the paper's are not public): l_in ~ 1/4 and l_out ~ 3/4 of the depth;
 # SAE widths of Gemma Scope width_16k and Qwen-Scope W64K; RAHF target layers 10-18 as in the reproduction.
-SETTINGS = {"tiny": dict(l_in=1, l_out=2, d_sae=1024, target_layers=(1, 2)),
-            "gemma-2-2b": dict(l_in=6, l_out=20, d_sae=16384, target_layers=tuple(range(10, 19))),
-            "gemma-2-9b": dict(l_in=10, l_out=31, d_sae=16384, target_layers=tuple(range(10, 19))),
-            "qwen3-8b": dict(l_in=9, l_out=27, d_sae=65536, target_layers=tuple(range(10, 19)))}
+SETTINGS = {"tiny": dict(l_in=1, l_out=2, d_sae=1024, rahf_target_layers=(1, 2)),
+            "gemma-2-2b": dict(l_in=6, l_out=20, d_sae=16384, rahf_target_layers=tuple(range(10, 19))),
+            "gemma-2-9b": dict(l_in=10, l_out=31, d_sae=16384, rahf_target_layers=tuple(range(10, 19))),
+            "qwen3-8b": dict(l_in=9, l_out=27, d_sae=65536, rahf_target_layers=tuple(range(10, 19)))}
 
 
 def ratios(model_name: str, n_triples: int = 1000, prompt_len: int = 256, response_len: int = 256,
@@ -223,7 +223,7 @@ def ratios(model_name: str, n_triples: int = 1000, prompt_len: int = 256, respon
     fit = dspa_fit(shape, s["d_sae"], s["d_sae"], n_triples, prompt_len, response_len, s["l_in"], s["l_out"])
     stat = static_fit(shape, s["d_sae"], n_triples, prompt_len, response_len, s["l_out"])
     d = dpo(shape, n_triples, prompt_len + response_len, dpo_epochs)
-    r = rahf_scit(shape, n_triples, instruction_len + prompt_len + response_len, target_layers=s["target_layers"],
+    r = rahf_scit(shape, n_triples, instruction_len + prompt_len + response_len, target_layers=s["rahf_target_layers"],
                   stage2_seq_len=stage2_seq_len)
     stage2 = r["total"] - r["stage1"]
     assumptions = dict(n_triples=n_triples, prompt_len=prompt_len, response_len=response_len, **s,
@@ -345,6 +345,6 @@ def cli_report(model: str, measure: bool) -> dict:
     if model == "tiny" and measure:
         report["cross_check"] = cross_check(*tiny_setup(), s["l_in"], s["l_out"])
     elif model == "tiny":
-        analytic = _analytic(shape, 1024, 1024, s["l_in"], s["l_out"], 2, 12, 12, s["target_layers"], 4)
+        analytic = _analytic(shape, 1024, 1024, s["l_in"], s["l_out"], 2, 12, 12, s["rahf_target_layers"], 4)
         report["cross_check"] = {name: {"analytic": flops} for name, flops in analytic.items()}
     return report

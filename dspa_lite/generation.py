@@ -38,8 +38,10 @@ def format_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
             raise ValueError(f"prompt {i} is {p!r}: every prompt must be a non-empty string")
     if not getattr(tokenizer, "chat_template", None):
         return list(prompts)
+    extra = getattr(tokenizer, "dspa_chat_kwargs", None) or {}  # e.g. Qwen3's enable_thinking=False (models.load)
     return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
+                                      **extra)
         for p in prompts
     ]
 

@@ -191,6 +191,7 @@ def load(profile: Profile | str, device: str | torch.device | None = None,
         p.requires_grad_(False)
     model.config.name_or_path = profile.model_id  # the same identity from the hub or a local copy
     _check_shape(profile, model)
+    tokenizer.dspa_chat_kwargs = dict(profile.chat_kwargs)  # read by generation.format_prompts
     return model, tokenizer
 
 

@@ -15,7 +15,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["load_from_disk", "train_toy_sae", "sae_stats", "sae_id"]
+__all__ = ["load", "load_from_disk", "train_toy_sae", "sae_stats", "sae_id"]
+
+
+def load(profile, layer: int, device=None):
+    """The SAE of ``profile`` at ``layer`` (a sae-lens release id, or a local folder): see :func:`dspa_lite.models.load_sae`."""
+    from .models import load_sae
+
+    return load_sae(profile, layer, device)
 
 
 def load_from_disk(path: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -302,9 +302,6 @@ def test_profile_api():
         models.resolve_dtype(base, torch.device("cpu"), "int8")
 
 
-@pytest.mark.xfail(strict=True, reason="features.encode_texts finds the prompt with text.rfind(prompt), but Gemma's "
-                                       "template trims each message: a prompt with leading or trailing whitespace is "
-                                       "not found and u(x) silently pools template tokens (<bos>, <start_of_turn>)")
 def test_gemma_trimmed_prompt_content_positions(hub):
     _, tok = models.load(hub["gemma"], device="cpu")
     enc = encode_texts(tok, ["Explain ocean tides.\n"])
