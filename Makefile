@@ -40,8 +40,10 @@ book: toy
 lint: setup
 	$(VENV)/bin/ruff check dspa_lite tests benchmarks book
 
+# Two pytest workers with one torch thread each use both cores without oversubscribing them.
+PARALLEL := -n 2 --dist loadfile
 unit: toy
-	$(PY) -m pytest tests --ignore=tests/browser --doctest-modules dspa_lite -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests --ignore=tests/browser --doctest-modules dspa_lite -q $(PARALLEL)
 
 # `make test` executes every chapter once, under nbmake, in a staged copy of the book, then renders
 # that executed copy (execution off) for the browser check: one execution, two checks.
@@ -50,7 +52,7 @@ chapters: toy
 	rm -rf $(STAGE) && mkdir -p $(STAGE)
 	cp -r book _toc.yml $(STAGE)/
 	sed 's/execute_notebooks: force/execute_notebooks: "off"/' _config.yml > $(STAGE)/_config.yml
-	$(PY) -m pytest --nbmake --nbmake-timeout=900 --overwrite $(STAGE)/book -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest --nbmake --nbmake-timeout=900 --overwrite $(STAGE)/book -q -p no:cacheprovider $(PARALLEL)
 
 browser: chapters
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)

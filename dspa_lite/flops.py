@@ -313,12 +313,18 @@ def cross_check(model, sae_in, sae_out, l_in: int, l_out: int, batch: int = 2, p
             "decode_step": lambda m: m(input_ids=ids[:, -1:], use_cache=True, **{cache_kw: cache}),
             "decode_edit": lambda m: edit(h[:, -1:])}
     out, expected = {}, _analytic(shape, m_in, m_out, l_in, l_out, B, P, response_len, target_layers, lora_rank)
+    frozen = [p for p in model.parameters() if not p.requires_grad]  # e.g. a loaded, frozen toy model
     try:
         for name, analytic in expected.items():
+            training = name == "train_step"
+            for p in frozen:
+                p.requires_grad_(training)
             with torch.enable_grad() if name in ("train_step", "lora_step") else torch.no_grad():
                 measured = measure(model, runs[name])
             out[name] = {"analytic": analytic, "measured": measured, "rel_err": abs(analytic - measured) / measured}
     finally:
+        for p in frozen:
+            p.requires_grad_(False)
         model.zero_grad(set_to_none=True)
     return out
 

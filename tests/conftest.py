@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from dspa_lite import toyworld
 from dspa_lite.config import seed_everything
@@ -16,7 +15,6 @@ def _seeded():
 
 @pytest.fixture(scope="session")
 def world():
-    torch.set_num_threads(2)
     return toyworld.load(progress=False)
 
 

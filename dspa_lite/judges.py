@@ -1,0 +1,498 @@
+"""LLM judges behind any OpenAI-compatible ``/v1/chat/completions`` endpoint: MT-Bench-style grading, pairwise.
+
+Two protocols, with prompts written for this project (not copies of FastChat's or AlpacaEval's):
+
+- **Single-answer grading** (MT-Bench, Zheng et al. 2023, arXiv 2306.05685): each turn of a two-turn
+  answer gets a 1-10 score, read from ``[[score]]`` as FastChat reads it; turn 2 is judged with the
+  whole conversation in view. Math, reasoning and coding questions may carry a reference answer.
+- **Pairwise comparison** (AlpacaEval, Li et al. 2023): which of two outputs follows an instruction
+  better. The model's output is shown first or second at random (seeded per item, recorded in
+  :attr:`Comparison.model_position`) to control the judge's position bias, and the verdict is mapped back.
+
+Configure with ``DSPA_JUDGE_BASE_URL`` (e.g. ``http://localhost:8000/v1``), ``DSPA_JUDGE_MODEL`` and
+``DSPA_JUDGE_API_KEY``, or pass the same fields to :class:`JudgeConfig`. Requests are retried with
+exponential backoff on HTTP 429/5xx and connection errors. Every answer is appended (one ``os.write``
+per JSONL line, fsynced) to a cache keyed by ``sha256(judge model, prompt messages)``, so an interrupted
+run resumes without re-asking, and answers already received survive a later failure. Numbers from a
+judge other than the benchmarks' own (GPT-4 for MT-Bench, AlpacaEval's annotator) are not comparable
+with their leaderboards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import json
+import math
+import os
+import random
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+__all__ = ["Comparison", "Judge", "JudgeConfig", "JudgeError", "Rating", "cache_key", "mt_bench_score",
+           "parse_rating", "parse_verdict", "win_rate"]
+
+NEED_REFERENCE = ("math", "reasoning", "coding")  # MT-Bench categories graded against a reference answer
+
+_SYSTEM = "You are a careful, impartial evaluator of replies written by AI assistants."
+_RUBRIC = ("Judge helpfulness, correctness, relevance, depth and level of detail. Length is not a merit in itself, "
+           "and the style of a reply should not distract you from its substance.")
+_GRADE_TURN1 = """Score the assistant's reply to the request below from 1 (useless) to 10 (excellent). {rubric}
+{reference}
+First justify your score in a few sentences. Then put the score alone on the last line, in double square \
+brackets, for example: [[6]]
+
+<request>
+{q1}
+</request>
+
+<reply>
+{a1}
+</reply>"""
+_GRADE_TURN2 = """Below is a two-turn conversation between a user and an AI assistant. Score only the assistant's \
+SECOND reply (its answer to the follow-up request), from 1 (useless) to 10 (excellent), using the first turn as \
+context. {rubric}
+{reference}
+First justify your score in a few sentences. Then put the score alone on the last line, in double square \
+brackets, for example: [[6]]
+
+<user turn="1">
+{q1}
+</user>
+<assistant turn="1">
+{a1}
+</assistant>
+<user turn="2">
+{q2}
+</user>
+<assistant turn="2">
+{a2}
+</assistant>"""
+_REFERENCE = ("A reference answer follows; a reply whose final result disagrees with it is wrong, however well "
+              "written.\n<reference>\n{ref}\n</reference>\n")
+_PAIRWISE = """Two AI assistants answered the same instruction. Decide which response serves the user better: \
+more helpful, accurate and complete, and better at following the instruction. Neither the order in which the \
+responses appear nor their length should sway you.
+
+<instruction>
+{instruction}
+</instruction>
+
+<response_A>
+{a}
+</response_A>
+
+<response_B>
+{b}
+</response_B>
+
+Explain your reasoning briefly. Then give your verdict alone on the last line: [[A]] if response A is better, \
+[[B]] if response B is better, or [[tie]] if neither is better."""
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint could not be used; the message names the endpoint and the last error."""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Where the judge lives and how to call it. ``from_env()`` reads the ``DSPA_JUDGE_*`` variables.
+
+    ``base_url`` is the OpenAI-style base (``https://api.openai.com/v1``, ``http://localhost:8000/v1``);
+    a bare host gets ``/v1``. Retry ``i`` (from 1) waits ``min(max_backoff_s, backoff_s * 2**(i-1))`` or
+    the server's ``Retry-After``. Prices are dollars per 1,000 prompt/completion tokens, for the estimate
+    on the progress bar. ``cache_path=None`` caches in ``DSPA_CACHE/judge/<model>.jsonl``.
+    """
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    price_prompt_per_1k: float = 0.0
+    price_completion_per_1k: float = 0.0
+    max_workers: int = 4
+    cache_path: str | None = None
+
+    def __post_init__(self):
+        if urllib.parse.urlparse(self.base_url or "").scheme not in ("http", "https"):
+            raise ValueError(f"base_url={self.base_url!r} must be an http(s) URL such as http://localhost:8000/v1 "
+                             "(set DSPA_JUDGE_BASE_URL or pass base_url=)")
+        if not (isinstance(self.model, str) and self.model.strip()):
+            raise ValueError(f"model={self.model!r}: name the judge model (set DSPA_JUDGE_MODEL or pass model=)")
+        for name in ("temperature", "timeout_s", "backoff_s", "max_backoff_s", "price_prompt_per_1k",
+                     "price_completion_per_1k"):
+            if not (isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0):
+                raise ValueError(f"JudgeConfig.{name}={getattr(self, name)!r} must be a number >= 0")
+        for name, low in (("max_tokens", 1), ("max_retries", 0), ("max_workers", 1)):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or \
+                    getattr(self, name) < low:
+                raise ValueError(f"JudgeConfig.{name}={getattr(self, name)!r} must be an integer >= {low}")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> JudgeConfig:
+        """Fill ``base_url``, ``model`` and ``api_key`` from ``DSPA_JUDGE_*`` unless passed in ``overrides``."""
+        for name in ("base_url", "model", "api_key"):
+            if overrides.get(name) is None:
+                overrides[name] = os.environ.get(f"DSPA_JUDGE_{name.upper()}") or None
+        if overrides["base_url"] is None or overrides["model"] is None:
+            missing = [f"DSPA_JUDGE_{n.upper()}" for n in ("base_url", "model") if overrides[n] is None]
+            raise JudgeError(f"no judge configured: set {' and '.join(missing)} (for example "
+                             "DSPA_JUDGE_BASE_URL=http://localhost:8000/v1 DSPA_JUDGE_MODEL=my-judge) or pass them")
+        return cls(**overrides)
+
+    @property
+    def endpoint(self) -> str:
+        url = self.base_url.rstrip("/")
+        if url.endswith("/chat/completions"):
+            return url
+        return url + ("/v1" if urllib.parse.urlparse(url).path in ("", "/") else "") + "/chat/completions"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "api_key"}
+
+
+def cache_key(model: str, messages: Sequence[Mapping[str, str]]) -> str:
+    """The cache key of one request: a hash of the judge model and the exact prompt messages."""
+    text = json.dumps([model, list(messages)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_rating(text: str | None) -> float | None:
+    """The 1-10 score in ``[[x]]`` (FastChat's pattern, then its ``[x]`` fallback; the last match wins).
+
+    >>> parse_rating("Clear and correct. [[8]]"), parse_rating("Rating: [7.5]"), parse_rating("[[11]]")
+    (8.0, 7.5, None)
+    """
+    for pattern in (r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]", r"\[\s*(\d+(?:\.\d+)?)\s*\]"):
+        found = re.findall(pattern, text or "")
+        if found:
+            score = float(found[-1])
+            return score if 1 <= score <= 10 else None
+    return None
+
+
+def parse_verdict(text: str | None) -> str | None:
+    """``"A"``, ``"B"`` or ``"tie"`` from the last ``[[A]]``/``[[B]]``/``[[tie]]`` in ``text``, else ``None``.
+
+    >>> parse_verdict("A is vague, B answers. [[B]]"), parse_verdict("[[Tie]]"), parse_verdict("B wins")
+    ('B', 'tie', None)
+    """
+    found = re.findall(r"\[\[\s*(A|B|tie)\s*\]\]", text or "", flags=re.IGNORECASE)
+    return None if not found else ("tie" if found[-1].lower() == "tie" else found[-1].upper())
+
+
+@dataclass(frozen=True)
+class Reply:
+    content: str
+    usage: dict
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Rating:
+    """One MT-Bench grade: ``score`` is ``None`` when the judgement has no readable ``[[1-10]]``."""
+
+    question_id: int | str
+    turn: int
+    category: str
+    score: float | None
+    judgment: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One pairwise verdict. ``model_position`` is where the model's output was shown (``"A"`` or ``"B"``);
+    ``verdict`` is the judge's raw ``A``/``B``/``tie``; ``winner`` maps it back (``model``/``reference``/``tie``)."""
+
+    index: int
+    instruction: str
+    model_position: str
+    verdict: str | None
+    winner: str | None
+    judgment: str
+    cached: bool
+
+    @property
+    def preference(self) -> float | None:
+        """AlpacaEval's convention: 1 = reference (output_1) better, 2 = model (output_2) better, 1.5 = tie."""
+        return {"reference": 1.0, "model": 2.0, "tie": 1.5}.get(self.winner or "")
+
+
+class Judge:
+    """A judge model behind an OpenAI-compatible endpoint, with retries, a disk cache and a cost estimate."""
+
+    def __init__(self, config: JudgeConfig | None = None, **overrides: Any):
+        self.config = JudgeConfig.from_env(**overrides) if config is None else dataclasses.replace(config, **overrides)
+        if self.config.cache_path is None:
+            from .config import cache_dir
+
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.config.model)
+            self.cache_path = cache_dir("judge") / f"{slug}.jsonl"
+        else:
+            self.cache_path = Path(self.config.cache_path).expanduser()
+        self._lock = threading.Lock()
+        self._cache = self._load_cache()
+        self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    @property
+    def cost(self) -> float:
+        """Estimated dollars spent by this object's requests (cached answers cost nothing)."""
+        c = self.config
+        return (self.usage["prompt_tokens"] * c.price_prompt_per_1k
+                + self.usage["completion_tokens"] * c.price_completion_per_1k) / 1000
+
+    def _load_cache(self) -> dict[str, dict]:
+        rows: dict[str, dict] = {}
+        if not self.cache_path.exists():
+            return rows
+        with open(self.cache_path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                    rows[row["key"]] = row
+                except (ValueError, KeyError, TypeError):  # a line torn by a crash: that item is asked again
+                    if line.strip():
+                        print(f"judge cache {self.cache_path}:{lineno}: unreadable line skipped", file=sys.stderr)
+        return rows
+
+    def _append(self, row: dict) -> None:
+        data = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        with self._lock:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.cache_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":  # never glue a row onto a torn last line
+                    data = b"\n" + data
+                os.write(fd, data)  # one write per row: appends from threads or processes do not interleave
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._cache[row["key"]] = row
+
+    def _post(self, messages: list[dict]) -> dict:
+        c = self.config
+        payload = {"model": c.model, "messages": messages, "temperature": c.temperature, "max_tokens": c.max_tokens}
+        headers = {"Content-Type": "application/json"}
+        if c.api_key:
+            headers["Authorization"] = f"Bearer {c.api_key}"
+        last, wait = "no attempt made", 0.0
+        for attempt in range(c.max_retries + 1):
+            if attempt:
+                time.sleep(wait or min(c.max_backoff_s, c.backoff_s * 2 ** (attempt - 1)))
+            request = urllib.request.Request(c.endpoint, json.dumps(payload).encode(), headers, method="POST")
+            wait = 0.0
+            try:
+                with urllib.request.urlopen(request, timeout=c.timeout_s) as response:
+                    raw = response.read()
+            except urllib.error.HTTPError as e:
+                body = e.read().decode("utf-8", "replace")[:300]
+                last = f"HTTP {e.code} {e.reason}: {body}"
+                if e.code == 429 or e.code >= 500:
+                    retry_after = (e.headers or {}).get("Retry-After", "")
+                    wait = min(c.max_backoff_s, float(retry_after)) if retry_after.replace(".", "", 1).isdigit() else 0
+                    continue
+                hint = {401: "check DSPA_JUDGE_API_KEY", 403: "check DSPA_JUDGE_API_KEY",
+                        404: "check DSPA_JUDGE_BASE_URL (it usually ends in /v1) and DSPA_JUDGE_MODEL"}
+                raise JudgeError(f"judge endpoint {c.endpoint} refused the request with {last} (not retried; "
+                                 f"{hint.get(e.code, 'check the request fields the server accepts')})") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # refused, reset, DNS, timeouts
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                continue
+            try:
+                return json.loads(raw)
+            except ValueError:
+                last = f"HTTP 200 with a body that is not JSON: {raw[:200]!r}"
+        raise JudgeError(f"judge endpoint {c.endpoint} failed {c.max_retries + 1} times; last error: {last}")
+
+    def _ask(self, messages: list[dict], key: str) -> Reply:
+        body = self._post(messages)
+        try:
+            content = body["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise JudgeError(f"judge endpoint {self.config.endpoint} answered JSON without "
+                             f"choices[0].message.content: {json.dumps(body)[:300]}") from None
+        usage = {k: int(v) for k, v in (body.get("usage") or {}).items()
+                 if k in ("prompt_tokens", "completion_tokens") and isinstance(v, int | float)}
+        with self._lock:
+            self.usage["requests"] += 1
+            for k, v in usage.items():
+                self.usage[k] += v
+        self._append({"key": key, "model": self.config.model, "messages": messages, "content": content,
+                       "usage": usage, "time": time.time()})
+        return Reply(content, usage, cached=False)
+
+    def chat(self, prompts: Sequence[list[dict]], progress: bool = True, desc: str = "judge") -> list[Reply]:
+        """Answer each message list, from the cache when possible, concurrently, with a progress bar.
+
+        If a request fails for good, the answers received so far are already in the cache and
+        :class:`JudgeError` says so: rerunning resumes from there.
+        """
+        keys = [cache_key(self.config.model, p) for p in prompts]
+        todo = {k: p for k, p in zip(keys, prompts, strict=True) if k not in self._cache}  # also de-duplicates
+        bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, file=sys.stderr, disable=not progress)
+        fresh: dict[str, Reply] = {}
+        failure: Exception | None = None
+        with ThreadPoolExecutor(self.config.max_workers) as pool:
+            futures = {pool.submit(self._ask, p, k): k for k, p in todo.items()}
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                try:
+                    fresh[futures[future]] = future.result()
+                except Exception as e:  # stop asking; what was answered is already in the cache
+                    failure = failure or e
+                    for f in futures:
+                        f.cancel()
+                    continue
+                bar.update(1)
+                bar.set_postfix_str(f"~${self.cost:.4f}, {self.usage['requests']} requests")
+        bar.close()
+        if failure is not None:
+            done = len(keys) - len(todo) + len(fresh)
+            if not isinstance(failure, JudgeError):
+                raise failure
+            raise JudgeError(f"{failure}\n{done} of {len(keys)} items are judged and saved in {self.cache_path}; "
+                             "rerun to resume (judged items are not asked again)") from failure
+        return [fresh.get(k) or Reply(self._cache[k]["content"], self._cache[k].get("usage", {}), True) for k in keys]
+
+    def grade_mt_bench(self, questions: Sequence[Any], answers: Mapping[Any, Sequence[str]] | Sequence[Any],
+                       turns: Sequence[int] = (1, 2), progress: bool = True) -> list[Rating]:
+        """Grade each question's answer turns 1-10.
+
+        ``questions``: FastChat question rows (``question_id``, ``category``, ``turns``, optional
+        ``reference``) or :class:`~dspa_lite.formats.MTBenchQuestion`. ``answers``: ``question_id`` ->
+        answer turns, or a list of FastChat answer rows or :class:`~dspa_lite.formats.MTBenchAnswer`.
+        """
+        by_id = _answer_turns(answers)
+        jobs, meta = [], []
+        for q in questions:
+            qid, category, q_turns, refs = _question_fields(q)
+            if qid not in by_id:
+                raise ValueError(f"no answer for MT-Bench question {qid!r}: generate answers for every question first")
+            a_turns = by_id[qid]
+            for t in turns:
+                if t not in (1, 2) or t > min(len(q_turns), len(a_turns)):
+                    raise ValueError(f"question {qid!r}: cannot grade turn {t} with {len(q_turns)} question turns "
+                                     f"and {len(a_turns)} answer turns")
+                ref = refs[t - 1] if refs and len(refs) >= t and category in NEED_REFERENCE else None
+                reference = _REFERENCE.format(ref=ref) if ref else ""
+                template = _GRADE_TURN1 if t == 1 else _GRADE_TURN2
+                text = template.format(rubric=_RUBRIC, reference=reference, q1=q_turns[0], a1=a_turns[0],
+                                       q2=q_turns[1] if t == 2 else "", a2=a_turns[1] if t == 2 else "")
+                jobs.append([{"role": "system", "content": _SYSTEM}, {"role": "user", "content": text}])
+                meta.append((qid, t, category))
+        replies = self.chat(jobs, progress, desc="MT-Bench grading")
+        return [Rating(qid, t, cat, parse_rating(r.content), r.content, r.cached)
+                for (qid, t, cat), r in zip(meta, replies, strict=True)]
+
+    def compare(self, instructions: Sequence[str], outputs: Sequence[str], references: Sequence[str],
+                seed: int = 0, progress: bool = True) -> list[Comparison]:
+        """Pairwise: is ``outputs[i]`` (the model) better than ``references[i]`` for ``instructions[i]``?
+
+        Item ``i`` shows the model's output as A or B by a coin seeded with ``(seed, i, instruction)``, so
+        reruns ask exactly the same prompts (and hit the cache).
+        """
+        if not len(instructions) == len(outputs) == len(references):
+            raise ValueError(f"{len(instructions)} instructions, {len(outputs)} outputs and {len(references)} "
+                             "references: they must be parallel lists")
+        positions = ["A" if random.Random(f"{seed}:{i}:{x}").random() < 0.5 else "B"
+                     for i, x in enumerate(instructions)]
+        jobs = []
+        for x, out, ref, pos in zip(instructions, outputs, references, positions, strict=True):
+            a, b = (out, ref) if pos == "A" else (ref, out)
+            jobs.append([{"role": "system", "content": _SYSTEM},
+                         {"role": "user", "content": _PAIRWISE.format(instruction=x, a=a, b=b)}])
+        replies = self.chat(jobs, progress, desc="pairwise judging")
+        result = []
+        for i, (x, pos, r) in enumerate(zip(instructions, positions, replies, strict=True)):
+            verdict = parse_verdict(r.content)
+            winner = {None: None, "tie": "tie", pos: "model"}.get(verdict, "reference")
+            result.append(Comparison(i, x, pos, verdict, winner, r.content, r.cached))
+        return result
+
+
+def _question_fields(q: Any) -> tuple[Any, str, list[str], list[str] | None]:
+    get = (lambda k: q.get(k)) if isinstance(q, Mapping) else (lambda k: getattr(q, k, None))
+    return get("question_id"), get("category") or "", list(get("turns") or []), get("reference")
+
+
+def _answer_turns(answers: Mapping[Any, Sequence[str]] | Sequence[Any]) -> dict[Any, list[str]]:
+    if isinstance(answers, Mapping):
+        return {k: list(v) for k, v in answers.items()}
+    out = {}
+    for a in answers:
+        if isinstance(a, Mapping):
+            out[a["question_id"]] = list(a["choices"][0]["turns"])
+        else:
+            out[a.question_id] = list(a.turns)
+    return out
+
+
+def _mean_se(xs: Sequence[float]) -> tuple[float, float]:
+    n = len(xs)
+    if not n:
+        return math.nan, math.nan
+    m = sum(xs) / n
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n) if n > 1 else math.nan)
+
+
+def mt_bench_score(ratings: Sequence[Rating]) -> dict:
+    """Mean score overall (MT-Bench's headline), per turn and per category; unreadable grades are counted, not scored.
+
+    >>> r = [Rating(1, 1, "math", 8.0, "", False), Rating(1, 2, "math", 6.0, "", False),
+    ...      Rating(2, 1, "stem", None, "", False)]
+    >>> s = mt_bench_score(r); s["score"], s["turn_2"], s["n_unparsed"]
+    (7.0, 6.0, 1)
+    """
+    scored = [r for r in ratings if r.score is not None]
+    score, se = _mean_se([r.score for r in scored])
+    out = {"score": score, "standard_error": se, "n": len(scored), "n_unparsed": len(ratings) - len(scored)}
+    for t in sorted({r.turn for r in ratings}):
+        out[f"turn_{t}"] = _mean_se([r.score for r in scored if r.turn == t])[0]
+    cats = defaultdict(list)
+    for r in scored:
+        cats[r.category].append(r.score)
+    out["per_category"] = {c: sum(v) / len(v) for c, v in sorted(cats.items())}
+    return out
+
+
+def win_rate(comparisons: Sequence[Comparison]) -> dict:
+    """Model win rate against the reference (ties count half, as in AlpacaEval), with its standard error.
+
+    ``position_a_rate`` (share of decided verdicts that picked A) measures the judge's position bias; the
+    randomised order keeps it out of ``win_rate``.
+
+    >>> c = [Comparison(0, "x", "A", "A", "model", "", False), Comparison(1, "y", "B", "A", "reference", "", False),
+    ...      Comparison(2, "z", "B", "tie", "tie", "", False), Comparison(3, "w", "A", None, None, "", False)]
+    >>> s = win_rate(c); s["win_rate"], s["ties"], s["n_unparsed"], round(s["position_a_rate"], 2)
+    (0.5, 1, 1, 1.0)
+    """
+    decided = [c for c in comparisons if c.winner is not None]
+    wr, se = _mean_se([{"model": 1.0, "tie": 0.5, "reference": 0.0}[c.winner] for c in decided])
+    ab = [c.verdict for c in decided if c.verdict in ("A", "B")]
+    return {"win_rate": wr, "standard_error": se, "n": len(decided),
+            "wins": sum(c.winner == "model" for c in decided), "losses": sum(c.winner == "reference" for c in decided),
+            "ties": sum(c.winner == "tie" for c in decided), "n_unparsed": len(comparisons) - len(decided),
+            "position_a_rate": ab.count("A") / len(ab) if ab else math.nan,
+            "model_first_share": sum(c.model_position == "A" for c in comparisons) / max(1, len(comparisons))}
