@@ -215,7 +215,8 @@ def _from_transcripts(chosen: str, rejected: str) -> tuple[str, str, str]:
         raise DataError("chosen and rejected transcripts differ before the last assistant turn")
     if prefix.count(_HUMAN) != 1 or _ASSISTANT in prefix:
         raise DataError("multi-turn dialogue")
-    return prefix.split(_HUMAN, 1)[1].strip(), chosen[cut_c + len(_ASSISTANT):].strip(), rejected[cut_r + len(_ASSISTANT):].strip()
+    prompt = prefix.split(_HUMAN, 1)[1].strip()
+    return prompt, chosen[cut_c + len(_ASSISTANT):].strip(), rejected[cut_r + len(_ASSISTANT):].strip()
 
 
 def _row_to_triple(row: Mapping[str, Any]) -> PreferenceTriple:

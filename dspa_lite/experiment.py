@@ -17,7 +17,7 @@ from .cdmap import CDMap, CDMapConfig
 from .dspa import DSPA, fit_cdmap
 from .evals import judge_responses, mcq_accuracy
 
-__all__ = ["MethodSpec", "build_methods", "compare", "DEFAULTS"]
+__all__ = ["build_methods", "compare", "fit_maps", "DEFAULTS"]
 
 # The measured defaults on the toy world (benchmarks/RESULTS.md): gated augment, k=64, alpha=6.
 DEFAULTS = {"mode": "augment", "k": 64, "alpha": 6.0, "caa_multiplier": 2.0}

@@ -237,8 +237,8 @@ def read_alpaca_outputs(path: str | os.PathLike) -> list[dict]:
             pos = skip(pos + 1)
         elif not text.startswith("]", pos):
             raise FormatError(f"{where(pos)}: expected ',' or ']' after an element")
-    if skip(pos + 1) != len(text):
-        raise FormatError(f"{where(pos + 1)}: unexpected text after the closing ']'")
+    if (end := skip(pos + 1)) != len(text):
+        raise FormatError(f"{where(end)}: unexpected text after the closing ']'")
     return [row for _, row in rows]
 
 

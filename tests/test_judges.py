@@ -76,7 +76,7 @@ def serve():
                 pass
 
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         servers.append(httpd)
         return f"http://127.0.0.1:{httpd.server_port}/v1", state
 
