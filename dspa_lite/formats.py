@@ -155,8 +155,11 @@ def read_mt_bench_answers(path: str | os.PathLike) -> list[MTBenchAnswer]:
         if row["model_id"] != path.stem:
             raise FormatError(f"{where}: model_id {row['model_id']!r} differs from the file name {path.name!r}; "
                               "FastChat names the model after the file, so rename one of them")
+        tstamp = row.get("tstamp", 0.0)
+        if not isinstance(tstamp, int | float) or isinstance(tstamp, bool):
+            raise FormatError(f"{where}: tstamp must be a number (seconds since the epoch), got {tstamp!r:.40}")
         answers.append(MTBenchAnswer(row["question_id"], row["model_id"], tuple(row["choices"][0]["turns"]),
-                                     str(row.get("answer_id", "")), float(row.get("tstamp", 0.0))))
+                                     str(row.get("answer_id", "")), float(tstamp)))
         ids.append((where, row["question_id"]))
     _no_duplicates(ids)
     return answers

@@ -279,15 +279,14 @@ class Judge:
         data = (json.dumps(row, ensure_ascii=False) + "\n").encode()
         with self._lock:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.cache_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":  # never glue a row onto a torn last line
-                    data = b"\n" + data
-                os.write(fd, data)  # one write per row: appends from threads or processes do not interleave
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            if self.cache_path.exists() and (size := self.cache_path.stat().st_size):
+                with open(self.cache_path, "rb") as f:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":  # never glue a row onto a line torn by a crash
+                        data = b"\n" + data
+            with open(self.cache_path, "ab", buffering=0) as f:  # unbuffered: one write() per row, so appends
+                f.write(data)  # from threads or processes do not interleave
+                os.fsync(f.fileno())
             self._cache[row["key"]] = row
 
     def _post(self, messages: list[dict]) -> dict:
@@ -353,7 +352,8 @@ class Judge:
         bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, file=sys.stderr, disable=not progress)
         fresh: dict[str, Reply] = {}
         failure: Exception | None = None
-        with ThreadPoolExecutor(self.config.max_workers) as pool:
+        pool = ThreadPoolExecutor(self.config.max_workers)
+        try:
             futures = {pool.submit(self._ask, p, k): k for k, p in todo.items()}
             for future in as_completed(futures):
                 if future.cancelled():
@@ -367,7 +367,9 @@ class Judge:
                     continue
                 bar.update(1)
                 bar.set_postfix_str(f"~${self.cost:.4f}, {self.usage['requests']} requests")
-        bar.close()
+        finally:  # also on Ctrl-C: drop the queued requests, let the in-flight ones finish and be cached
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
         if failure is not None:
             done = len(keys) - len(todo) + len(fresh)
             if not isinstance(failure, JudgeError):

@@ -7,8 +7,9 @@ and the CAA baseline all run unchanged.
 
 **Which positions are edited.** A multiple-choice task is scored by log-likelihood: each request
 ``(context, continuation)`` is one forward pass over ``context + continuation[:-1]``, and nothing is
-generated. The edit for a batch is built from the batch's *request contexts* (the question text lm-eval
-formats, without answer options; DSPA computes ``u(x)`` from it), and with ``positions="continuation"``
+generated. The edit for a batch is built from the batch's *request contexts* (the prompt lm-eval formats,
+few-shot examples included, without the continuation being scored; DSPA computes ``u(x)`` from it), so
+every option of a question is scored under the same latent sets; with ``positions="continuation"``
 (default) it applies from the last context position, which predicts the first continuation token, through
 every continuation position: the positions DSPA would edit while generating that continuation, exactly as
 ``mcq_scores`` does. ``positions="all"`` also edits the context. The contexts are recovered by matching
@@ -134,9 +135,13 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[str], steerer: Any =
     Args:
         steerer: an object with ``.steer(prompts, input_ids, attention_mask, start=...)`` (``DSPA``, the
             baselines) or that function itself; ``None`` evaluates the unsteered model.
-        limit: documents per task (an int) or a fraction; ``None`` runs them all.
+        limit: documents per task (an int) or a fraction; ``None`` runs them all. For a group such as
+            ``mmlu`` it applies to each of its subtasks.
         include_path: a folder of extra task YAMLs (local tasks work offline with ``dataset_path: json``).
-        kwargs: passed to ``lm_eval.simple_evaluate`` (``apply_chat_template``, ``gen_kwargs``...).
+            lm-eval's own task index is built too, which takes tens of seconds; pass
+            ``task_manager=TaskManager(include_path=..., include_defaults=False)`` for local tasks only.
+        kwargs: passed to ``lm_eval.simple_evaluate`` (``apply_chat_template``, ``gen_kwargs``...). With
+            ``apply_chat_template=True`` the contexts a steerer receives already hold the chat markup.
 
     Returns:
         ``simple_evaluate``'s results dict; :func:`task_scores` extracts the headline numbers. The model's
@@ -148,7 +153,7 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[str], steerer: Any =
         from lm_eval.tasks import TaskManager
     except ImportError as e:
         raise ImportError(f"run_lm_eval needs lm-evaluation-harness ({e}); install it with "
-                          "pip install 'lm-eval>=0.4.5,<0.5'") from None
+                          "pip install 'lm-eval>=0.4.13,<0.5'") from None
     if positions not in POSITIONS:
         raise ValueError(f"positions={positions!r}: choose 'continuation' (DSPA's decision positions) or 'all'")
     if isinstance(tasks, str):

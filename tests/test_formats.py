@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import glob
 import importlib
@@ -10,6 +11,7 @@ import json
 import os
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,6 +191,7 @@ GOOD = json.dumps({"question_id": 1, "answer_id": "x", "model_id": "m", "choices
     ('{"question_id": 2, "model_id": "m", "choices": [{"turns": "a"}]}', "non-empty list of strings"),
     ('{"question_id": 2, "model_id": "other", "choices": [{"turns": ["a"]}]}', "differs from the file name"),
     ('{"question_id": true, "model_id": "m", "choices": [{"turns": ["a"]}]}', "expected int or str"),
+    ('{"question_id": 2, "model_id": "m", "choices": [{"turns": ["a"]}], "tstamp": "now"}', "tstamp must be a number"),
     (GOOD, r"question_id 1 already appeared at .*m\.jsonl:1"),
 ])  # fmt: skip
 def test_malformed_answer_files_name_file_and_line(tmp_path, second, problem):
@@ -208,8 +211,29 @@ def test_questions_reader(tmp_path):
         read_mt_bench_questions(path)
 
 
+def _fastchat_common() -> types.SimpleNamespace:
+    """FastChat's own reader code, compiled from the installed ``fastchat/llm_judge/common.py`` verbatim.
+
+    Only the definitions below are run: importing the module pulls in FastChat's model zoo and the
+    ``anthropic`` client (about 20 s here, and ``anthropic`` is not even an fschat dependency outside
+    its ``llm_judge`` extra). The code is the package's, not a copy.
+    """
+    spec = importlib.util.find_spec("fastchat")
+    if spec is None or not spec.origin:
+        pytest.skip("pip install fschat")
+    path = Path(spec.origin).parent / "llm_judge" / "common.py"
+    wanted = {"load_model_answers", "check_data", "get_model_list", "temperature_config", "NEED_REF_CATS"}
+    nodes = [n for n in ast.parse(path.read_text()).body
+             if (isinstance(n, ast.FunctionDef) and n.name in wanted)
+             or (isinstance(n, ast.Assign) and any(getattr(t, "id", None) in wanted for t in n.targets))]
+    namespace = {"glob": glob, "os": os, "json": json}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), str(path), "exec"), namespace)
+    assert wanted <= set(namespace), f"FastChat's {path} no longer defines {wanted - set(namespace)}"
+    return types.SimpleNamespace(**{k: namespace[k] for k in wanted})
+
+
 def test_fastchat_reads_our_answer_files(tmp_path):
-    common = pytest.importorskip("fastchat.llm_judge.common", reason="pip install fschat anthropic")
+    common = _fastchat_common()
     answer_dir = tmp_path / "data" / "mt_bench" / "model_answer"
     write_mt_bench_answers(ANSWERS, answer_dir)
     loaded = common.load_model_answers(str(answer_dir))

@@ -99,6 +99,25 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """)
+    (root / "tasks" / "toy_gen.yaml").write_text(f"""task: dspa_toy_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+  cache_dir: {root / "hf_datasets"}
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}} Answer:"
+doc_to_target: "{{{{choices[answer]}}}}"
+generation_kwargs:
+  until: ["Question:"]
+  max_gen_toks: 3
+  do_sample: false
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+""")
     tm = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
 
     sae_in, sae_out = TinySAE(32, 64, 0, seed=1), TinySAE(32, 64, 1, seed=2)
@@ -109,7 +128,7 @@ metric_list:
     cdmap = CDMap.from_features(U, Delta, torch.ones(64), CDMapConfig.plain(), meta)
     run = lambda steerer=None, **kw: run_lm_eval(model, tok, ["dspa_toy_mc"], steerer, batch_size=4,  # noqa: E731
                                                  task_manager=tm, log_samples=True, **kw)
-    return SimpleNamespace(model=model, tok=tok, run=run, cdmap=cdmap, sae_in=sae_in, sae_out=sae_out,
+    return SimpleNamespace(model=model, tok=tok, tm=tm, run=run, cdmap=cdmap, sae_in=sae_in, sae_out=sae_out,
                            baseline=run())
 
 
@@ -175,6 +194,24 @@ def test_dspa_edits_the_continuation_positions_conditioned_on_the_context(setup)
         logp = setup.model(ids).logits.float().log_softmax(-1)[0, len(ctx) - 1:]
     reference = float(logp.gather(-1, torch.tensor(cont)[:, None]).sum())
     assert steered[0][choice] == pytest.approx(reference, abs=1e-4)
+
+
+def test_generation_tasks_steer_each_prompt(setup):
+    seen = []
+
+    def identity(prompts, input_ids, attention_mask, start=None):
+        seen.append((list(prompts), start))
+        return edit(setup.model, 1, lambda h: h)
+
+    run = lambda steerer=None: run_lm_eval(setup.model, setup.tok, ["dspa_toy_gen"], steerer, limit=4,  # noqa: E731
+                                           batch_size=4, task_manager=setup.tm, log_samples=True)
+    plain, steered = run(), run(identity)
+    assert [s["resps"] for s in plain["samples"]["dspa_toy_gen"]] == [
+        s["resps"] for s in steered["samples"]["dspa_toy_gen"]]
+    assert sorted(p for prompts, _ in seen for p in prompts) == sorted(
+        f"Question: {d['question']} Answer:" for d in DOCS[:4])
+    assert all(start is None for _, start in seen), "generation edits the last prompt position, then each new token"
+    assert _hooks(setup.model) == 0
 
 
 def test_hooks_removed_when_a_batch_raises(setup):

@@ -16,7 +16,7 @@ def _norm(req: str) -> str:
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = set(map(_norm, project["dependencies"]))
-    for extra in ("book", "dev"):
+    for extra in ("book", "dev", "eval"):
         wanted |= set(map(_norm, project["optional-dependencies"][extra]))
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)

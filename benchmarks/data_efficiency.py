@@ -1,0 +1,140 @@
+"""Data efficiency on the toy world: DSPA vs static SAE steering vs DPO vs RAHF-SCIT with 25-1000 triples.
+
+For each size n, every method learns from the same first n training triples (as ``experiment.fit_maps`` takes
+them): DSPA fits its map (static steering reuses it), DPO (``finetune.train_dpo``, TRL when installed) and
+RAHF-SCIT (``finetune.train_rahf_scit``) train copies of the toy model. All are judged exactly on the same held-out
+prompts and seeds, scored on the quiz items (with each method's own weights), and charged their measured
+alignment-stage FLOPs (``FlopCounterMode``: matmuls, forward and backward) and wall time. Written to
+benchmarks/RESULTS.md and benchmarks/results/data_efficiency[_quick].json.
+
+    python benchmarks/data_efficiency.py            # full: sizes 25-1000, 200 prompts (about 25 min, 1 thread)
+    python benchmarks/data_efficiency.py --quick    # sizes 25, 100; 80 prompts; 1 seed; few training steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+import _report  # noqa: E402
+
+from dspa_lite import toyworld  # noqa: E402
+from dspa_lite.baselines import Unsteered  # noqa: E402
+from dspa_lite.evals import mcq_accuracy  # noqa: E402
+from dspa_lite.experiment import DEFAULTS, build_methods, compare, fit_maps  # noqa: E402
+from dspa_lite.finetune import train_dpo, train_rahf_scit  # noqa: E402
+
+# Training budgets (chosen to fit the full run in ~25 minutes on one CPU thread): one epoch over the n triples,
+# at least `min_steps` steps so that small data sets get several epochs; RAHF stage 2 is a fixed number of steps
+# whatever n is, as in the reproduction (450 x 64 there). lr 5e-4 for DPO: 1e-3 broke fluency at n=250.
+FULL = dict(sizes=(25, 50, 100, 250, 1000), n_prompts=200, seeds=(0,),
+            dpo=dict(beta=0.1, lr=5e-4, epochs=1, batch_size=16, min_steps=12),
+            rahf=dict(lr=5e-4, epochs=1, batch_size=8, min_steps=12, stage2_steps=30, stage2_batch=16))
+QUICK = dict(sizes=(25, 100), n_prompts=80, seeds=(0,),
+             dpo=dict(beta=0.1, lr=5e-4, epochs=0.5, batch_size=16, min_steps=4),
+             rahf=dict(lr=5e-4, epochs=0.5, batch_size=8, min_steps=4, stage2_steps=8, stage2_batch=16))
+METRICS = ("preferred_share", "first_segment_share", "win_rate", "fluency", "length_cap_rate")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fit_dspa(world, n: int) -> tuple[object, dict]:
+    """DSPA's alignment stage: the map fit, timed plainly, then counted again under ``FlopCounterMode``."""
+    t0 = time.perf_counter()
+    cdmap = fit_maps(world, n=n)
+    wall = time.perf_counter() - t0
+    with FlopCounterMode(display=False) as counter:
+        fit_maps(world, n=n)
+    return cdmap, {"wall_seconds": wall, "flops": int(counter.get_total_flops()), "steps": 0}
+
+
+def evaluate(world, methods: dict, n_prompts: int, seeds, base_picks=None) -> dict:
+    """``compare`` without its quiz scoring (which uses ``world.model``), then the quiz with each method's model."""
+    res = compare(world, methods, n_prompts=n_prompts, seeds=seeds, mcq=False)["methods"]
+    items = world.mcq("test")
+    for name, method in methods.items():
+        acc = mcq_accuracy(method.model, world.tokenizer, items, steer=method.steer)
+        res[name]["mcq_accuracy"], res[name]["mcq_picks"] = acc["accuracy"], acc["picks"]
+        if base_picks is not None:
+            res[name]["mcq_changed_items"] = sum(a != b for a, b in zip(acc["picks"], base_picks))
+    return res
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def table(data: dict) -> str:
+    lines = ["| triples | method | preferred share | first segment | win rate | fluency | length cap | MCQ acc. | "
+             "MCQ items changed | alignment FLOPs | wall (s) | steps |", "|---" * 12 + "|"]
+    rows = [("0", "none", data["unsteered"], None)] + [
+        (str(n), name, r, data["cost"][str(n)][name]) for n, res in data["sizes"].items() for name, r in res.items()]
+    for n, name, r, cost in rows:
+        cost_cells = (f"{cost['flops']:.3g} | {cost['wall_seconds']:.1f} | {cost['steps']}" if cost else "- | - | -")
+        lines.append(f"| {n} | {name} | " + " | ".join(pct(r[m]) for m in METRICS)
+                     + f" | {pct(r['mcq_accuracy'])} | {r.get('mcq_changed_items', 0)} | {cost_cells} |")
+    lines += ["", "| triples | DPO / DSPA FLOPs | RAHF-SCIT / DSPA FLOPs | RAHF stage 2 share | DPO / DSPA wall | "
+              "RAHF-SCIT / DSPA wall |", "|---" * 6 + "|"]
+    for n, c in data["cost"].items():
+        d, dpo, rahf = c["dspa"], c["dpo"], c["rahf-scit"]
+        lines.append(f"| {n} | {dpo['flops'] / d['flops']:.1f}x | {rahf['flops'] / d['flops']:.1f}x | "
+                     f"{rahf['stages']['stage2']['flops'] / rahf['flops']:.0%} | "
+                     f"{dpo['wall_seconds'] / d['wall_seconds']:.1f}x | {rahf['wall_seconds'] / d['wall_seconds']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="sizes 25, 100; 80 prompts; 1 seed; few training steps")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0, cfg = time.perf_counter(), QUICK if args.quick else FULL
+    world = toyworld.load()
+    seeds = cfg["seeds"]
+    base = {"none": Unsteered(world.model, world.tokenizer)}
+    data: dict = {"settings": {**cfg, "steering": DEFAULTS}, "sizes": {}, "cost": {}}
+    data["unsteered"] = evaluate(world, base, cfg["n_prompts"], seeds)["none"]
+    base_picks = data["unsteered"]["mcq_picks"]
+    for n in cfg["sizes"]:
+        triples = world.triples("train")[:n]
+        log(f"n={n}: fitting DSPA")
+        cdmap, dspa_cost = fit_dspa(world, n)
+        methods = build_methods(world, ["dspa", "static"], cdmap)
+        log(f"n={n}: training DPO")
+        methods["dpo"], dpo = train_dpo(world.model, world.tokenizer, triples, **cfg["dpo"])
+        log(f"n={n}: training RAHF-SCIT")
+        methods["rahf-scit"], rahf = train_rahf_scit(world.model, world.tokenizer, triples, **cfg["rahf"])
+        data["sizes"][str(n)] = evaluate(world, methods, cfg["n_prompts"], seeds, base_picks)
+        data["cost"][str(n)] = {"dspa": dspa_cost, "static": {**dspa_cost, "note": "reuses DSPA's map fit"},
+                                "dpo": dpo.to_dict(), "rahf-scit": rahf.to_dict()}
+        log(f"n={n} done at {(time.perf_counter() - t0) / 60:.1f} min")
+    data["seconds"] = time.perf_counter() - t0
+    d, r = cfg["dpo"], cfg["rahf"]
+    md = [_report.header("Toy world: data efficiency of DSPA, static, DPO and RAHF-SCIT" + (" (quick)" * args.quick)),
+          f"The first n training triples for every method; {cfg['n_prompts']} held-out prompts x seeds {list(seeds)}, "
+          f"temperature 1, at most 80 new tokens; DSPA and static at {DEFAULTS}. DPO ({dpo.backend}): "
+          f"beta {d['beta']}, lr {d['lr']}, {d['epochs']} epoch(s) of batch {d['batch_size']}, at least {d['min_steps']} "
+          f"steps. RAHF-SCIT (dspa_lite): stage 1 lr {r['lr']}, {r['epochs']} epoch(s) of {r['batch_size']} pairs, at "
+          f"least {r['min_steps']} steps; stage 2 {r['stage2_steps']} LoRA steps of {r['stage2_batch']} examples "
+          "(rank 8, q/v, alpha 5, hidden_states 2-3). Alignment-stage FLOPs are measured with FlopCounterMode "
+          "(matmuls, forward+backward); static reuses DSPA's map fit, so its cost is DSPA's. Shares are percentages; "
+          "MCQ items changed counts quiz answers that differ from the unsteered model's.\n",
+          table(data), "", f"Run time: {data['seconds'] / 60:.1f} min."]
+    _report.write("data_efficiency_quick" if args.quick else "data_efficiency", "\n".join(md), data)
+    log("\n".join(md))
+    if args.json:
+        print(json.dumps(data, default=float))
+
+
+if __name__ == "__main__":
+    main()
