@@ -2,7 +2,7 @@
 
 In Colab (a GPU runtime; accept the Gemma licence on huggingface.co and log in first, see book chapter 07):
 
-    !pip install -q "dspa-lite[book] @ git+https://github.com/dspa-lite/dspa-lite" "lm-eval>=0.4.5,<0.5"
+    !pip install -q "dspa-lite[eval] @ git+https://github.com/dspa-lite/dspa-lite"   # with lm-eval
     !python benchmarks/gemma2_2b_colab.py --dry-run                     # the plan and the estimate, nothing loaded
     !python benchmarks/gemma2_2b_colab.py --out /content/drive/MyDrive/dspa-gemma2-2b   # resumable
     !python benchmarks/gemma2_2b_colab.py --quick --out /content/quick  # a smoke run of a few minutes
@@ -11,18 +11,22 @@ Stages, each written atomically into ``--out`` and skipped when its output is al
 interrupted run, or a Colab session that timed out, continues where it stopped):
 
     triples         UltraFeedback preference triples                    triples.jsonl
-    fit             the conditional-difference map                      cdmap/ (+ fit.json)
+    fit             the conditional-difference map                      cdmap/
     calibrate       a few timed decoding steps: the measured estimate   calibration.json
-    questions       FastChat's MT-Bench questions, AlpacaEval's set     mt_bench/question.jsonl, alpaca_eval/instructions.json
+    questions       FastChat's 80 MT-Bench questions                    mt_bench/question.jsonl
+    instructions    a seeded subset of AlpacaEval's 805 instructions     alpaca_eval/instructions.json
     mt_bench:M      MT-Bench answers (both turns) for M = none, static, dspa   mt_bench/model_answer/<profile>-M.jsonl
     alpaca:M        AlpacaEval outputs for M                            alpaca_eval/<profile>-M.json
     lm_eval:M       lm-eval multiple-choice accuracy for M = none, dspa lm_eval/M.json
-    summary         the tables                                          summary.json
+    summary         the tables                                          summary.json (timings: stats/)
 
 Judging is not run here (it needs a judge model): the script prints the FastChat and alpaca_eval commands.
-The default sizes are meant to finish in about 30 minutes on one A100; ``--dry-run`` prints the modelled
-estimate for a T4, L4, A100 and H100, and a real run prints an estimate measured on your GPU before the long
-stages. ``--json`` ends stdout with one JSON object (the plan for ``--dry-run``, else the summary).
+The default sizes (250 triples; 80 MT-Bench questions and 100 AlpacaEval instructions for each of none, static
+and DSPA, at most 384 new tokens; three lm-eval tasks of 300 documents, without and with DSPA) are meant to
+finish in about 30 minutes on one A100; on a T4, whose missing bf16 tensor cores slow the lm-eval stages most,
+plan on about an hour. ``--dry-run`` prints the modelled estimate for a T4, L4, A100 and H100, and a real run
+prints an estimate measured on your GPU before the long stages. ``--json`` ends stdout with one JSON object
+(the plan for ``--dry-run``, else the summary).
 """
 
 from __future__ import annotations

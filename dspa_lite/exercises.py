@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["attempt", "check_preferred_share", "check_conditional_mean", "check_token_active_edit", "check_scores"]
+__all__ = ["attempt", "check_precision_at_k", "check_preferred_share", "check_conditional_mean", "check_token_active_edit",
+           "check_scores"]
 
 
 def _ok(name: str) -> None:
@@ -308,3 +309,19 @@ def check_ridge(fn) -> None:
 
 
 __all__ += ["check_delta", "check_prompt_features", "check_ridge"]
+
+
+def check_precision_at_k(fn) -> None:
+    """``fn(selected, reference, k) -> float``: the share of the first ``k`` selected latents that are in ``reference``."""
+    cases = [([3, 1, 7, 9], {1, 9, 42}, 4, 0.5), ([3, 1, 7, 9], {1, 9, 42}, 2, 0.5), ([5, 6], set(), 2, 0.0)]
+    for selected, reference, k, want in cases:
+        got = float(fn(selected, reference, k))
+        if abs(got - want) > 1e-9:
+            hint = ""
+            if abs(got - len(set(selected[:k]) & reference) / max(1, len(reference))) < 1e-9 and reference:
+                hint = " You divided by the size of the reference set (that is recall); precision divides by k."
+            elif abs(got - len(set(selected) & reference) / k) < 1e-9:
+                hint = " Only the first k selected latents count."
+            raise AssertionError(f"selected={selected}, reference={sorted(reference)}, k={k}: expected {want}, "
+                                 f"got {got}.{hint}")
+    _ok("precision_at_k")

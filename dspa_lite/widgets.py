@@ -24,7 +24,7 @@ def steered_trace(world, cdmap, prompt: str, mode: str, k: int, alpha: float, se
     calls = steerer.last_edit.trace  # call 0: the last prompt position; call i + 1: generated token i
     edited = [sorted(c[0, -1].nonzero().flatten().tolist()) for c in calls]
     tokens = steered.split()
-    return {"prompt": prompt, "unsteered": plain, "dspa": steered,
+    return {"prompt": prompt, "unsteered": plain, "dspa": steered, "at_last_prompt_position": edited[0] if edited else [],
             # the edit at a position changes the prediction of the *next* token
             "per_token": [(tok, edited[i + 1] if i + 1 < len(edited) else []) for i, tok in enumerate(tokens)],
             "judge_unsteered": world.judge(prompt, plain), "judge_dspa": world.judge(prompt, steered)}

@@ -53,3 +53,9 @@ def test_scores():
     ex.check_scores(prompt_scores)
     with pytest.raises(AssertionError, match="max\\(1, \\|u\\|_1\\)"):
         ex.check_scores(lambda A, u: A.T @ u / u.abs().sum())
+
+
+def test_precision_at_k():
+    ex.check_precision_at_k(lambda sel, ref, k: len(set(list(sel)[:k]) & set(ref)) / k)
+    with pytest.raises(AssertionError, match="recall"):
+        ex.check_precision_at_k(lambda sel, ref, k: len(set(list(sel)[:k]) & set(ref)) / max(1, len(ref)))
