@@ -115,8 +115,15 @@ class LatentEdit:
         return torch.arange(T, device=h.device)[None, :] >= starts
 
     def __call__(self, h: Float[Tensor, "B T d_model"]) -> Float[Tensor, "B T d_model"]:
+        last_only = self.calls == 0 and self.start is None and not self.every_position and h.shape[1] > 1
+        if last_only:  # the prompt pass: encode only the last position instead of the whole prompt
+            self.calls += 1
+            return torch.cat([h[:, :-1], self._edit(h[:, -1:], torch.ones_like(h[:, -1:, 0], dtype=torch.bool))], 1)
         sel = self._positions(h)  # (B, T)
         self.calls += 1
+        return self._edit(h, sel)
+
+    def _edit(self, h: Float[Tensor, "B T d_model"], sel: Bool[Tensor, "B T"]) -> Float[Tensor, "B T d_model"]:
         if not sel.any() or not (self.neg.any() or self.pos.any()):
             return h
         W = self.sae.W_dec
