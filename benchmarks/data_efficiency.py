@@ -7,7 +7,7 @@ prompts and seeds, scored on the quiz items (with each method's own weights), an
 alignment-stage FLOPs (``FlopCounterMode``: matmuls, forward and backward) and wall time. Written to
 benchmarks/RESULTS.md and benchmarks/results/data_efficiency[_quick].json.
 
-    python benchmarks/data_efficiency.py            # full: sizes 25-1000, 200 prompts (about 25 min, 1 thread)
+    python benchmarks/data_efficiency.py            # full: sizes 25-1000, 200 prompts x 2 seeds (~20-25 min)
     python benchmarks/data_efficiency.py --quick    # sizes 25, 100; 80 prompts; 1 seed; few training steps
 """
 
@@ -30,15 +30,17 @@ from dspa_lite.evals import mcq_accuracy  # noqa: E402
 from dspa_lite.experiment import DEFAULTS, build_methods, compare, fit_maps  # noqa: E402
 from dspa_lite.finetune import train_dpo, train_rahf_scit  # noqa: E402
 
-# Training budgets (chosen to fit the full run in ~25 minutes on one CPU thread): one epoch over the n triples,
-# at least `min_steps` steps so that small data sets get several epochs; RAHF stage 2 is a fixed number of steps
-# whatever n is, as in the reproduction (450 x 64 there). lr 5e-4 for DPO: 1e-3 broke fluency at n=250.
-FULL = dict(sizes=(25, 50, 100, 250, 1000), n_prompts=200, seeds=(0,),
-            dpo=dict(beta=0.1, lr=5e-4, epochs=1, batch_size=16, min_steps=12),
-            rahf=dict(lr=5e-4, epochs=1, batch_size=8, min_steps=12, stage2_steps=30, stage2_batch=16))
+# Training budgets, chosen so that the full run fits in ~25 minutes on one (shared) CPU thread: one epoch over the
+# n triples, and at least `min_steps` steps so that small data sets get several epochs; RAHF stage 2 is a fixed
+# number of steps whatever n is, as in the reproduction (450 x 64 examples there). Learning rates were picked on
+# n=250 (80 prompts): DPO lr 1e-3 broke fluency (0.58), 5e-4 did not; RAHF stage 1 at 5e-4 for one epoch did not
+# yet separate the instructions, 2e-3 did; stage 2 at lr 2e-3 did not move its loss, 2e-2 did.
+FULL = dict(sizes=(25, 50, 100, 250, 1000), n_prompts=200, seeds=(0, 1),
+            dpo=dict(beta=0.1, lr=5e-4, epochs=1, batch_size=16, min_steps=8),
+            rahf=dict(lr=2e-3, epochs=1, batch_size=8, min_steps=16, stage2_steps=30, stage2_batch=16, stage2_lr=2e-2))
 QUICK = dict(sizes=(25, 100), n_prompts=80, seeds=(0,),
              dpo=dict(beta=0.1, lr=5e-4, epochs=0.5, batch_size=16, min_steps=4),
-             rahf=dict(lr=5e-4, epochs=0.5, batch_size=8, min_steps=4, stage2_steps=8, stage2_batch=16))
+             rahf=dict(lr=2e-3, epochs=0.5, batch_size=8, min_steps=6, stage2_steps=8, stage2_batch=16, stage2_lr=2e-2))
 METRICS = ("preferred_share", "first_segment_share", "win_rate", "fluency", "length_cap_rate")
 
 
@@ -79,7 +81,9 @@ def table(data: dict) -> str:
         (str(n), name, r, data["cost"][str(n)][name]) for n, res in data["sizes"].items() for name, r in res.items()]
     for n, name, r, cost in rows:
         cost_cells = (f"{cost['flops']:.3g} | {cost['wall_seconds']:.1f} | {cost['steps']}" if cost else "- | - | -")
-        lines.append(f"| {n} | {name} | " + " | ".join(pct(r[m]) for m in METRICS)
+        se = r["stderr"]["preferred_share"]
+        share = pct(r["preferred_share"]) + (f" ± {pct(se)}" if se == se else "")  # se is NaN with one seed
+        lines.append(f"| {n} | {name} | {share} | " + " | ".join(pct(r[m]) for m in METRICS[1:])
                      + f" | {pct(r['mcq_accuracy'])} | {r.get('mcq_changed_items', 0)} | {cost_cells} |")
     lines += ["", "| triples | DPO / DSPA FLOPs | RAHF-SCIT / DSPA FLOPs | RAHF stage 2 share | DPO / DSPA wall | "
               "RAHF-SCIT / DSPA wall |", "|---" * 6 + "|"]
@@ -119,16 +123,17 @@ def main() -> None:
                                 "dpo": dpo.to_dict(), "rahf-scit": rahf.to_dict()}
         log(f"n={n} done at {(time.perf_counter() - t0) / 60:.1f} min")
     data["seconds"] = time.perf_counter() - t0
-    d, r = cfg["dpo"], cfg["rahf"]
+    d, r = dpo.settings, rahf.settings
     md = [_report.header("Toy world: data efficiency of DSPA, static, DPO and RAHF-SCIT" + (" (quick)" * args.quick)),
           f"The first n training triples for every method; {cfg['n_prompts']} held-out prompts x seeds {list(seeds)}, "
-          f"temperature 1, at most 80 new tokens; DSPA and static at {DEFAULTS}. DPO ({dpo.backend}): "
-          f"beta {d['beta']}, lr {d['lr']}, {d['epochs']} epoch(s) of batch {d['batch_size']}, at least {d['min_steps']} "
-          f"steps. RAHF-SCIT (dspa_lite): stage 1 lr {r['lr']}, {r['epochs']} epoch(s) of {r['batch_size']} pairs, at "
-          f"least {r['min_steps']} steps; stage 2 {r['stage2_steps']} LoRA steps of {r['stage2_batch']} examples "
-          "(rank 8, q/v, alpha 5, hidden_states 2-3). Alignment-stage FLOPs are measured with FlopCounterMode "
-          "(matmuls, forward+backward); static reuses DSPA's map fit, so its cost is DSPA's. Shares are percentages; "
-          "MCQ items changed counts quiz answers that differ from the unsteered model's.\n",
+          f"temperature 1, at most 80 new tokens; DSPA and static at {DEFAULTS}. DPO ({dpo.backend}): beta {d['beta']}, "
+          f"lr {d['lr']}, {d['epochs']} epoch(s) of {d['batch_size']} pairs, at least {d['min_steps']} steps. "
+          f"RAHF-SCIT (dspa_lite): stage 1 lr {r['lr']}, {r['epochs']} epoch(s) of {r['batch_size']} pairs, at least "
+          f"{r['min_steps']} steps; stage 2 {r['stage2_steps']} LoRA steps of {r['stage2_batch']} examples at lr "
+          f"{r['stage2_lr']} (rank {r['rank']}, q/v, alpha {r['alpha']}, hidden_states {r['target_layers']}). "
+          "Alignment-stage FLOPs are measured with FlopCounterMode (matmuls, forward and backward); static reuses "
+          "DSPA's map fit, so its cost is DSPA's. Shares are percentages; 'MCQ items changed' counts quiz answers "
+          "that differ from the unsteered model's; ± is the standard error over seeds.\n",
           table(data), "", f"Run time: {data['seconds'] / 60:.1f} min."]
     _report.write("data_efficiency_quick" if args.quick else "data_efficiency", "\n".join(md), data)
     log("\n".join(md))

@@ -325,3 +325,45 @@ def check_precision_at_k(fn) -> None:
             raise AssertionError(f"selected={selected}, reference={sorted(reference)}, k={k}: expected {want}, "
                                  f"got {got}.{hint}")
     _ok("precision_at_k")
+
+
+def check_pairwise_win_rate(fn) -> None:
+    """``fn(verdicts, model_positions) -> float``: the model's pairwise win rate, AlpacaEval's way.
+
+    ``verdicts[i]`` is the judge's ``"A"``, ``"B"``, ``"tie"`` or ``None`` (unreadable); ``model_positions[i]``
+    is where the model's output was shown (``"A"`` or ``"B"``). Wins count 1, ties 1/2, unreadable verdicts
+    are left out; the answer must equal :func:`dspa_lite.judges.win_rate`.
+    """
+    from .judges import Comparison, win_rate
+
+    cases = [
+        (["A", "B", "tie", None, "B", "A", "B"], ["A", "A", "B", "A", "B", "B", "A"]),
+        (["A", "A", "A", "A"], ["A", "B", "B", "A"]),
+    ]
+    for verdicts, positions in cases:
+        comps = [Comparison(i, f"instruction {i}", p, v, {None: None, "tie": "tie", p: "model"}.get(v, "reference"),
+                            "", False) for i, (v, p) in enumerate(zip(verdicts, positions))]
+        want = win_rate(comps)["win_rate"]
+        got = float(fn(list(verdicts), list(positions)))
+        if abs(got - want) < 1e-9:
+            continue
+        decided = [(v, p) for v, p in zip(verdicts, positions) if v is not None]
+        wins = sum(v == p for v, p in decided)
+        ties = sum(v == "tie" for v, _ in decided)
+        mistakes = [
+            ((sum(v == "A" for v, _ in decided) + ties / 2) / len(decided),
+             "you counted verdict 'A' as a model win: the model's output was shown as A or B at random, so a "
+             "verdict is a model win only where it names model_positions[i]."),
+            (wins / len(decided), "ties count half a win (AlpacaEval's rule), not zero."),
+            ((wins + ties) / len(decided), "ties count half a win, not a whole one."),
+            ((wins + ties / 2) / len(verdicts),
+             "an unreadable verdict (None) is left out of the denominator, not counted as a loss."),
+            (100 * want, "return a fraction in [0, 1], not a percentage."),
+        ]
+        hint = next((msg for value, msg in mistakes if abs(got - value) < 1e-9 and abs(value - want) > 1e-9), "")
+        raise AssertionError(f"for verdicts {verdicts} with the model shown at {positions} you returned {got:.4f}, "
+                             f"expected {want:.4f}. {hint}".rstrip())
+    _ok("pairwise_win_rate")
+
+
+__all__ += ["check_pairwise_win_rate"]

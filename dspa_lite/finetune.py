@@ -1,22 +1,18 @@
-"""Weight-updating baselines on the toy world: DPO and a small RAHF-SCIT, with measured FLOPs and wall time.
+"""Weight-updating baselines on the toy world, DPO and a small RAHF-SCIT, with measured FLOPs and wall time.
 
-DSPA edits no weights; these two baselines do, so the book can compare quality and alignment-stage cost
-(DESIGN.md §5.6, chapters 09 and 11). Both train copies: the model passed in is never modified.
-
-- **DPO** (Rafailov et al. 2023, "Direct Preference Optimization"): ``trl.DPOTrainer`` when ``trl`` imports
-  (it runs offline on CPU given an explicit reference model), else the same sigmoid loss in a short loop.
-- **RAHF-SCIT** (Liu et al., ACL 2024, arXiv 2312.15997; reproduction jtbwedgwood/RAHF): stage 1 contrastive
-  instruction tuning (full fine-tune), stage 2 LoRA on the base model fitted to ``base + alpha * (good - bad)``
-  hidden states of the stage-1 model, merged into a plain model.
-
-FLOPs are what ``torch.utils.flop_counter.FlopCounterMode`` counts (matmuls, forward and backward), measured
-on the first step of every distinct batch shape (a dense model's matmul FLOPs depend on shapes only) and
-summed over all steps.
+DSPA edits no weights; these do (DESIGN.md §5.6), always on copies: the model passed in is never modified.
+**DPO** (Rafailov et al. 2023) runs through ``trl.DPOTrainer`` when ``trl`` imports, else the same loss in a short
+loop. **RAHF-SCIT** (Liu et al., ACL 2024, arXiv 2312.15997; reproduction jtbwedgwood/RAHF): contrastive
+instruction tuning, then LoRA on the base model fitted to the stage-1 model's hidden-state differences, merged.
+FLOPs are what ``torch.utils.flop_counter.FlopCounterMode`` counts (matmuls, forward and backward), measured on the
+first step of each distinct batch shape (a dense model's matmul FLOPs depend on shapes only), summed over steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
 import math
 import random
 import tempfile
@@ -73,12 +69,9 @@ class FineTuned(Unsteered):
 # --------------------------------------------------------------------------- batches and log-probabilities
 def _encode(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], int]]:
     """``(ids, n_prompt)`` per pair: chat-formatted prompt, then the response and EOS (as the toy world trains)."""
-    out = []
-    for text, response in zip(format_prompts(tokenizer, prompts), responses):
-        p_ids = tokenizer(text, add_special_tokens=False).input_ids
-        out.append((p_ids + tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id],
-                    len(p_ids)))
-    return out
+    heads = [tokenizer(t, add_special_tokens=False).input_ids for t in format_prompts(tokenizer, prompts)]
+    tails = tokenizer(list(responses), add_special_tokens=False).input_ids
+    return [(h + t + [tokenizer.eos_token_id], len(h)) for h, t in zip(heads, tails)]
 
 
 def _collate(rows: Sequence[tuple[list[int], int]], pad_id: int, device) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,11 +84,11 @@ def _collate(rows: Sequence[tuple[list[int], int]], pad_id: int, device) -> tupl
     return ids.to(device), attn.to(device), resp.to(device)
 
 
-def response_logps(model, ids: Tensor, attn: Tensor, resp: Tensor, mean: bool = False) -> Tensor:
-    """Summed (or mean) log-probability of each row's response tokens, ``(B,)``."""
+def response_logps(model, ids: Tensor, attn: Tensor, resp: Tensor) -> Tensor:
+    """Summed log-probability of each row's response tokens, ``(B,)``."""
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
     logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0] * resp[:, 1:]  # (B, T-1)
-    return logp.sum(-1) / (resp[:, 1:].sum(-1).clamp_min(1) if mean else 1)
+    return logp.sum(-1)
 
 
 def dpo_loss(pi_chosen: Tensor, pi_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float) -> Tensor:
@@ -114,15 +107,11 @@ def _pairs(tokenizer, triples) -> list[tuple[tuple[list[int], int], tuple[list[i
 
 
 @torch.no_grad()
-def preference_margin(model, ref, tokenizer, triples, batch_size: int = 32) -> float:
-    """Mean ``(log pi/ref)(chosen) - (log pi/ref)(rejected)`` over ``triples``: 0 for ``model = ref``."""
-    pad, out = tokenizer.pad_token_id, []
-    for b in range(0, len(triples), batch_size):
-        rows = [r for pair in _pairs(tokenizer, triples[b:b + batch_size]) for r in pair]  # chosen, rejected, ...
-        batch = _collate(rows, pad, model.device)
-        ratio = response_logps(model, *batch) - response_logps(ref, *batch)
-        out += (ratio[0::2] - ratio[1::2]).tolist()
-    return sum(out) / max(1, len(out))
+def preference_margin(model, ref, tokenizer, triples) -> float:
+    """Mean ``(log pi/ref)(chosen) - (log pi/ref)(rejected)`` over ``triples`` (DPO's reward margin / beta)."""
+    batch = _collate([r for pair in _pairs(tokenizer, triples) for r in pair], tokenizer.pad_token_id, model.device)
+    ratio = response_logps(model, *batch) - response_logps(ref, *batch)  # rows alternate chosen, rejected
+    return (ratio[0::2] - ratio[1::2]).mean().item()
 
 
 # --------------------------------------------------------------------------- training plumbing
@@ -134,20 +123,17 @@ class _Meter:
         self.flops = self.steps = 0
 
     def __call__(self, key, fn, *args, **kwargs):
-        if key in self.by_shape:
+        new = key not in self.by_shape
+        with FlopCounterMode(display=False) if new else contextlib.nullcontext() as counter:
             out = fn(*args, **kwargs)
-        else:
-            with FlopCounterMode(display=False) as counter:
-                out = fn(*args, **kwargs)
-            self.by_shape[key] = int(counter.get_total_flops())
+        self.by_shape[key] = int(counter.get_total_flops()) if new else self.by_shape[key]
         self.flops, self.steps = self.flops + self.by_shape[key], self.steps + 1
         return out
 
 
 def _n_steps(n: int, epochs: float, batch_size: int, min_steps: int) -> int:
     if n < 1 or epochs <= 0 or batch_size < 1:
-        raise ValueError(f"need triples, epochs > 0 and batch_size >= 1; got {n} triples, epochs={epochs}, "
-                         f"batch_size={batch_size}")
+        raise ValueError(f"need triples, epochs > 0, batch_size >= 1: got {n}, epochs={epochs}, batch_size={batch_size}")
     return max(min_steps, math.ceil(epochs * n / batch_size))
 
 
@@ -161,78 +147,67 @@ def _batches(items: list, batch_size: int, steps: int, seed: int):
         del order[:batch_size]
 
 
-def _trainable(model, params=None):
-    """A training copy of ``model`` (all weights trainable unless ``params`` is given)."""
-    m = copy.deepcopy(model).train()
-    for p in m.parameters():
-        p.requires_grad_(params is None)
-    return m
-
-
-def _optimizer(params, lr: float, steps: int):
-    """AdamW with linear decay to zero, as the Hugging Face Trainer (and so TRL) does by default."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
-
-
-def _step(opt, sched, loss: Tensor, params) -> float:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    sched.step()
-    return loss.detach().item()
-
-
-def _frozen(model):
-    model.eval()
+def _set(model, train: bool = False, grads: bool = False):
+    """``model`` in train or eval mode with its weights trainable or frozen."""
+    model.train(train)
     for p in model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(grads)
     return model
 
 
+class _AdamW:
+    """AdamW, linear decay to zero, gradients clipped at 1: the Hugging Face Trainer's (so TRL's) defaults."""
+
+    def __init__(self, params, lr: float, steps: int):
+        self.params = list(params)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: max(0.0, 1 - s / steps))
+
+    def __call__(self, loss: Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.sched.step()
+        return loss.detach().item()
+
+
 # --------------------------------------------------------------------------- DPO
-def train_dpo(model, tokenizer, triples, beta: float = 0.1, lr: float = 5e-4, epochs: float = 2.0, batch_size: int = 8,
+def train_dpo(model, tokenizer, triples, beta: float = 0.1, lr: float = 5e-4, epochs: float = 1.0, batch_size: int = 16,
               seed: int = 0, use_trl: bool = True, min_steps: int = 0) -> tuple[FineTuned, TrainStats]:
     """DPO on a copy of ``model``; returns the method (``.model`` is the trained copy) and its :class:`TrainStats`.
 
-    ``trl.DPOTrainer`` needs, offline on CPU: an explicit ``ref_model`` (else it reloads one from the hub id in
-    ``config.name_or_path``), ``bf16=False`` (TRL's default autocasts CPU matmuls to bf16, ~7x slower here) and
-    ``gradient_checkpointing=False`` (its default, pointless at this size), plus ``report_to="none"``. Steps:
+    ``trl.DPOTrainer`` (which seeds the global RNGs) needs, offline on CPU: an explicit ``ref_model`` (else it loads
+    one from the hub id in ``config.name_or_path``), ``bf16=False`` (TRL's default autocasts CPU matmuls to bf16,
+    ~7x slower here), ``gradient_checkpointing=False`` (on by default) and ``report_to="none"``. Steps:
     ``max(min_steps, ceil(epochs * n / batch_size))`` of ``batch_size`` pairs; the reference is not cached, so a
     step is the policy's forward+backward and the reference's forward on chosen and rejected (``flops.dpo``).
     """
-    steps = _n_steps(len(triples), epochs, batch_size, min_steps)
-    settings = dict(beta=beta, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, steps=steps)
+    settings = {k: v for k, v in locals().items() if k not in ("model", "tokenizer", "triples")}
+    steps = settings["steps"] = _n_steps(len(triples), epochs, batch_size, min_steps)
     backend = "dspa_lite"
-    if use_trl:
-        try:
-            import trl
-            backend = f"trl {trl.__version__}"
-        except ImportError:
-            warnings.warn("trl is not installed: training DPO with dspa_lite's own loop (pip install trl to use it)",
-                          stacklevel=2)
+    try:
+        backend = f"trl {importlib.import_module('trl').__version__}" if use_trl else backend
+    except ImportError:
+        warnings.warn("trl is not installed: DPO runs dspa_lite's own loop (pip install trl)", stacklevel=2)
     t0 = time.perf_counter()
-    fit = _dpo_trl if backend.startswith("trl") else _dpo_loop
+    fit = _dpo_trl if backend != "dspa_lite" else _dpo_loop
     policy, meter, losses = fit(model, tokenizer, triples, beta, lr, batch_size, steps, seed)
-    wall = time.perf_counter() - t0
-    stats = TrainStats("dpo", backend, len(triples), meter.steps, wall, meter.flops,
-                       {"dpo": {"steps": meter.steps, "wall_seconds": wall, "flops": meter.flops}},
+    stage = {"steps": meter.steps, "wall_seconds": time.perf_counter() - t0, "flops": meter.flops}
+    stats = TrainStats("dpo", backend, len(triples), meter.steps, stage["wall_seconds"], meter.flops, {"dpo": stage},
                        tuple(losses), settings)
-    return FineTuned(_frozen(policy), tokenizer, stats), stats
+    return FineTuned(_set(policy), tokenizer, stats), stats
 
 
 def _dpo_loop(model, tokenizer, triples, beta, lr, batch_size, steps, seed):
-    torch.manual_seed(seed)
-    policy, meter, losses = _trainable(model), _Meter(), []
-    params = list(policy.parameters())
-    opt, sched = _optimizer(params, lr, steps)
+    policy, meter, losses = _set(copy.deepcopy(model), True, True), _Meter(), []
+    opt = _AdamW(policy.parameters(), lr, steps)
 
     def step(batch):
         with torch.no_grad():
             ref = response_logps(model, *batch)  # the untouched input model is the frozen reference
         lp = response_logps(policy, *batch)  # rows alternate chosen, rejected
-        return _step(opt, sched, dpo_loss(lp[0::2], lp[1::2], ref[0::2], ref[1::2], beta), params)
+        return opt(dpo_loss(lp[0::2], lp[1::2], ref[0::2], ref[1::2], beta))
 
     for pairs in _batches(_pairs(tokenizer, triples), batch_size, steps, seed):
         batch = _collate([r for pair in pairs for r in pair], tokenizer.pad_token_id, policy.device)
@@ -260,12 +235,11 @@ def _dpo_trl(model, tokenizer, triples, beta, lr, batch_size, steps, seed):
                          max_steps=steps, seed=seed, data_seed=seed, use_cpu=True, bf16=False,
                          gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=1,
                          disable_tqdm=True, max_length=None, dataset_num_proc=None)
-        trainer = Trainer(model=_trainable(model), ref_model=_frozen(copy.deepcopy(model)), args=args,
+        trainer = Trainer(model=_set(copy.deepcopy(model), True, True), ref_model=_set(copy.deepcopy(model)), args=args,
                           train_dataset=data, processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)  # disable_tqdm=True would print every log line to stdout
         trainer.train()
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return trainer.model, meter, losses
+    return trainer.model, meter, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
 # --------------------------------------------------------------------------- RAHF-SCIT
@@ -291,11 +265,9 @@ class LoRALinear(nn.Module):
 def _swap_lora(model, layers: Sequence[int], rank: int = 0, alpha: float = 0.0) -> list[nn.Parameter]:
     """Wrap q/v projections of ``layers`` in :class:`LoRALinear` (``rank > 0``) or merge them back (``rank = 0``)."""
     params = []
-    for i in layers:
-        attn = decoder_layers(model)[i].self_attn
+    for attn in (decoder_layers(model)[i].self_attn for i in layers):
         for name in ("q_proj", "v_proj"):
-            old = getattr(attn, name)
-            new = LoRALinear(old, rank, alpha) if rank else old.merged()
+            new = LoRALinear(getattr(attn, name), rank, alpha) if rank else getattr(attn, name).merged()
             setattr(attn, name, new)
             params += [new.A, new.B] if rank else []
     return params
@@ -311,31 +283,27 @@ def _response_hidden(model, rows, layers: Sequence[int], pad_id: int, width: int
     return torch.stack([hs[l].gather(1, idx) for l in layers]), mask
 
 
-def train_rahf_scit(model, tokenizer, triples, lr: float = 5e-4, epochs: float = 1.0, batch_size: int = 8,
-                    epsilon: float = 0.2, stage2_steps: int = 40, stage2_batch: int = 16, stage2_lr: float = 2e-3,
+def train_rahf_scit(model, tokenizer, triples, lr: float = 2e-3, epochs: float = 2.0, batch_size: int = 8,
+                    epsilon: float = 0.2, stage2_steps: int = 30, stage2_batch: int = 16, stage2_lr: float = 2e-2,
                     rank: int = 8, lora_alpha: float = 16.0, alpha: float = 5.0, target_layers: Sequence[int] = (2, 3),
                     max_res_len: int = 64, seed: int = 0, min_steps: int = 0) -> tuple[FineTuned, TrainStats]:
     """RAHF-SCIT (Liu et al., ACL 2024) on copies of ``model``: returns the merged stage-2 model and its stats.
 
-    Stage 1 (SCIT, full fine-tune of a copy): each pair gives ``good + prompt -> chosen`` and ``bad + prompt ->
-    rejected``; loss = LM loss on the matched instruction + the contrastive term ``-(1-epsilon) log p_m/(p_m+p_s) -
-    epsilon log p_s/(p_m+p_s)``, ``p = exp(mean token log-prob)`` under the matched and the swapped instruction.
-    Two forward+backward passes per sequence: the reproduction runs three (its LM-loss pass repeats the matched
-    one). Stage 2: ``stage2_steps`` batches of ``(prompt, chosen or rejected)`` (its ``data_type="all"``); target
-    ``h_base(plain) + alpha * (h_1(good) - h_1(bad))`` at ``hidden_states[l]`` for ``l`` in ``target_layers`` on
-    the first ``max_res_len`` response tokens; loss = mean L2 distance of the LoRA model's states (LoRA rank
-    ``rank``, ``lora_alpha``, on q/v of the layers below the deepest target) to it; then merge. Defaults are the
-    reproduction's structure, shrunk for the 4-layer toy (its lr 2e-5, 2 epochs, 450 x 64 stage-2 examples, layers
-    10-18 are for Llama-2-7B). Instructions: :data:`GOOD_INSTRUCTION`, :data:`BAD_INSTRUCTION`.
+    Stage 1 (SCIT, full fine-tune of a copy): ``good + prompt -> chosen`` and ``bad + prompt -> rejected``; loss =
+    LM loss + ``-(1-epsilon) log p_m/(p_m+p_s) - epsilon log p_s/(p_m+p_s)``, ``p = exp(mean token log-prob)`` under
+    the matched and the swapped instruction: two forward+backward passes per sequence (the reproduction's three
+    repeat the matched one). Stage 2 (``stage2_steps`` batches of prompt + chosen or rejected, its ``data_type="all"``):
+    LoRA (q/v below the deepest target) on the base model, fitted by mean L2 distance to ``h_base(plain) + alpha *
+    (h_1(good) - h_1(bad))`` at ``hidden_states[l]``, ``l`` in ``target_layers``, on the first ``max_res_len``
+    response tokens; then merged. The reproduction's structure, shrunk for the 4-layer toy (its lr 2e-5, 2 epochs,
+    450 x 64 stage-2 examples, layers 10-18 suit Llama-2-7B). Instructions: :data:`GOOD_INSTRUCTION`, ``BAD_...``.
     """
     if not target_layers or not all(0 < l <= model.config.num_hidden_layers for l in target_layers):
         raise ValueError(f"target_layers={tuple(target_layers)} index hidden_states: choose from "
                          f"1..{model.config.num_hidden_layers} (hidden_states[l] is the output of layer l - 1)")
-    steps = _n_steps(len(triples), epochs, batch_size, min_steps)
-    settings = dict(lr=lr, epochs=epochs, batch_size=batch_size, epsilon=epsilon, steps=steps, stage2_steps=stage2_steps,
-                    stage2_batch=stage2_batch, stage2_lr=stage2_lr, rank=rank, lora_alpha=lora_alpha, alpha=alpha,
-                    target_layers=list(target_layers), max_res_len=max_res_len, seed=seed,
-                    instructions=[GOOD_INSTRUCTION, BAD_INSTRUCTION])
+    settings = {k: v for k, v in locals().items() if k not in ("model", "tokenizer", "triples")}
+    steps = settings["steps"] = _n_steps(len(triples), epochs, batch_size, min_steps)
+    settings.update(target_layers=list(target_layers), instructions=[GOOD_INSTRUCTION, BAD_INSTRUCTION])
     pad, losses, stages, t0 = tokenizer.pad_token_id, [], {}, time.perf_counter()
     enc = {(tag, side): _encode(tokenizer, [f"{ins} {t.prompt}".strip() for t in triples],
                                 [getattr(t, side) for t in triples])
@@ -346,19 +314,17 @@ def train_rahf_scit(model, tokenizer, triples, lr: float = 5e-4, epochs: float =
         lp, n_tok = response_logps(scit, *batch), batch[2][:, 1:].sum(-1)  # (2n,) summed; response tokens per row
         lm = -lp[:n].sum() / n_tok[:n].sum()  # token-mean LM loss on the matched rows
         pair = torch.stack([(lp / n_tok)[:n], (lp / n_tok)[n:]], -1).log_softmax(-1)  # (n, 2): matched vs swapped
-        return _step(opt, sched, lm - ((1 - epsilon) * pair[:, 0] + epsilon * pair[:, 1]).mean(), params)
+        return opt(lm - ((1 - epsilon) * pair[:, 0] + epsilon * pair[:, 1]).mean())
 
-    meter, scit = _Meter(), _trainable(model)
-    torch.manual_seed(seed)
-    params = list(scit.parameters())
-    opt, sched = _optimizer(params, lr, steps)
+    meter, scit = _Meter(), _set(copy.deepcopy(model), True, True)
+    opt = _AdamW(scit.parameters(), lr, steps)
     for idx in _batches(list(range(len(triples))), batch_size, steps, seed):
         rows = [enc[k][i] for k in (("good", "chosen"), ("bad", "rejected"), ("bad", "chosen"), ("good", "rejected"))
                 for i in idx]
         batch = _collate(rows, pad, scit.device)
         losses.append(meter(tuple(batch[0].shape), scit_step, batch, 2 * len(idx)))
     stages["stage1"] = {"steps": meter.steps, "wall_seconds": time.perf_counter() - t0, "flops": meter.flops}
-    _frozen(scit)
+    _set(scit)
 
     def lora_step(rows, width):  # three frozen forwards, then the LoRA model's forward and backward
         with torch.no_grad():
@@ -366,12 +332,11 @@ def train_rahf_scit(model, tokenizer, triples, lr: float = 5e-4, epochs: float =
             good, bad = (_response_hidden(scit, rows[k], target_layers, pad, width)[0] for k in ("good", "bad"))
             target = base + alpha * (good - bad)  # (L, B, width, d)
         dist = (_response_hidden(lora, rows["plain"], target_layers, pad, width)[0] - target).norm(dim=-1)
-        return _step(opt, sched, (dist * mask).sum() / (mask.sum() * len(target_layers)), lora_params)
+        return opt((dist * mask).sum() / (mask.sum() * len(target_layers)))
 
-    t1, meter2, lora = time.perf_counter(), _Meter(), _trainable(model, params=False)
-    torch.manual_seed(seed)
-    lora_params = _swap_lora(lora, range(max(target_layers)), rank, lora_alpha)
-    opt, sched = _optimizer(lora_params, stage2_lr, stage2_steps)
+    t1, meter2, lora = time.perf_counter(), _Meter(), _set(copy.deepcopy(model), train=True)
+    torch.manual_seed(seed)  # the LoRA A matrices' initialisation
+    opt = _AdamW(_swap_lora(lora, range(max(target_layers)), rank, lora_alpha), stage2_lr, stage2_steps)
     examples = [(side, i) for i in range(len(triples)) for side in ("chosen", "rejected")]  # data_type "all"
     for ex in _batches(examples, stage2_batch, stage2_steps, seed):
         rows = {tag: [enc[tag, side][i] for side, i in ex] for tag in ("plain", "good", "bad")}
@@ -382,4 +347,4 @@ def train_rahf_scit(model, tokenizer, triples, lr: float = 5e-4, epochs: float =
     stages["stage2"] = {"steps": meter2.steps, "wall_seconds": time.perf_counter() - t1, "flops": meter2.flops}
     stats = TrainStats("rahf-scit", "dspa_lite", len(triples), meter.steps + meter2.steps, time.perf_counter() - t0,
                        meter.flops + meter2.flops, stages, tuple(losses), settings)
-    return FineTuned(_frozen(lora), tokenizer, stats), stats
+    return FineTuned(_set(lora), tokenizer, stats), stats

@@ -15,7 +15,8 @@ def test_build_toy_json_is_the_last_line(world):
     for key in ("params", "train_loss", "unsteered_preferred_rate", "classifiable_rate", "fluency", "mcq_accuracy",
                 "style_latents_active", "sae", "build_seconds", "load_seconds"):
         assert key in report
-    assert report["load_seconds"] < 15
+    # a warm load reads the cache instead of rebuilding (the <= 15 s target is measured in benchmarks/toy_build.py)
+    assert 0 < report["load_seconds"] < 0.5 * report["build_seconds"]["total_s"]
 
 
 def test_fit_generate_eval(world, tmp_path):

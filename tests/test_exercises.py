@@ -59,3 +59,13 @@ def test_precision_at_k():
     ex.check_precision_at_k(lambda sel, ref, k: len(set(list(sel)[:k]) & set(ref)) / k)
     with pytest.raises(AssertionError, match="recall"):
         ex.check_precision_at_k(lambda sel, ref, k: len(set(list(sel)[:k]) & set(ref)) / max(1, len(ref)))
+
+
+def test_pairwise_win_rate():
+    def good(verdicts, positions):
+        decided = [(v, p) for v, p in zip(verdicts, positions) if v is not None]
+        return sum(1.0 if v == p else 0.5 if v == "tie" else 0.0 for v, p in decided) / len(decided)
+
+    ex.check_pairwise_win_rate(good)
+    with pytest.raises(AssertionError, match="half a win"):
+        ex.check_pairwise_win_rate(lambda v, p: sum(a == b for a, b in zip(v, p) if a) / len([a for a in v if a]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import pytest
@@ -52,7 +53,7 @@ def test_dpo_increases_the_margin_and_leaves_the_world_model_untouched(world, tr
 def test_forward_backward_is_three_forwards_and_a_dpo_step_is_four(world, triples):
     rows = [r for pair in ft._pairs(world.tokenizer, triples[:4]) for r in pair]
     batch = ft._collate(rows, world.tokenizer.pad_token_id, world.model.device)
-    policy = ft._trainable(world.model)
+    policy = ft._set(copy.deepcopy(world.model), True, True)
     with torch.no_grad():
         forward = measure(policy, lambda m: ft.response_logps(m, *batch))
     both = measure(policy, lambda m: ft.response_logps(m, *batch).sum().backward())
@@ -106,3 +107,17 @@ def test_dpo_through_trl_matches_the_loop_in_cost(world, triples):
     assert trl_stats.losses[0] == pytest.approx(0.6931, abs=1e-3)  # the policy starts at the reference
     assert trl_stats.flops == pytest.approx(loop_stats.flops, rel=0.1)  # same passes; TRL pads differently
     assert_unchanged(world.model, before)
+
+
+def test_dpo_falls_back_to_its_own_loop_without_trl(world, triples, monkeypatch):
+    real = ft.importlib.import_module
+
+    def no_trl(name, *args):
+        if name == "trl":
+            raise ImportError("No module named 'trl'")
+        return real(name, *args)
+
+    monkeypatch.setattr(ft.importlib, "import_module", no_trl)
+    with pytest.warns(UserWarning, match="trl is not installed"):
+        _, stats = ft.train_dpo(world.model, world.tokenizer, triples[:2], batch_size=2)
+    assert stats.backend == "dspa_lite" and stats.steps == 1
