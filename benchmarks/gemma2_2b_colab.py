@@ -37,12 +37,12 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 from dspa_lite import flops
+from dspa_lite.formats import atomic_write
 from dspa_lite.profiles import PROFILES, Profile
 
 MT_BENCH_URL = "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data/mt_bench/question.jsonl"
@@ -133,22 +133,6 @@ def settings(args) -> dict:
 
 
 # --- files -------------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file next to ``path``, then rename it: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_json(path: Path, obj) -> Path:

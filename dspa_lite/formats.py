@@ -112,7 +112,8 @@ def _jsonl_rows(path: str | os.PathLike) -> list[tuple[str, Any]]:
     return rows
 
 
-def _atomic_write(path: Path, text: str) -> Path:
+def atomic_write(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file next to ``path``, then rename it: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -181,7 +182,7 @@ def write_mt_bench_answers(answers: Sequence[MTBenchAnswer], answer_dir: str | o
     for a in answers:
         _check_texts(list(a.turns), f"answer to question {a.question_id!r}: turns", allow_empty=True)
     text = "".join(json.dumps(a.to_row(), ensure_ascii=False) + "\n" for a in answers)
-    return _atomic_write(Path(answer_dir) / f"{model_id}.jsonl", text)
+    return atomic_write(Path(answer_dir) / f"{model_id}.jsonl", text)
 
 
 def write_alpaca_outputs(path: str | os.PathLike, instructions: Sequence[str], outputs: Sequence[str],
@@ -201,7 +202,7 @@ def write_alpaca_outputs(path: str | os.PathLike, instructions: Sequence[str], o
             raise ValueError(f"row {i}: instruction must be a non-empty string and output a string, got {x!r:.40}, "
                              f"{y!r:.40}")
         rows.append({"instruction": x, "output": y, "generator": generator, **({"dataset": d} if d else {})})
-    return _atomic_write(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+    return atomic_write(path, json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
 
 
 def read_alpaca_outputs(path: str | os.PathLike) -> list[dict]:
