@@ -97,7 +97,8 @@ def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1
                     c: _mean_se([a["per_category"][c]["preferred_share"] - b["per_category"][c]["preferred_share"]
                                  for a, b in zip(runs[name], runs[ref])])[0] for c in res["per_category"]}
         if mcq:
-            acc = mcq_accuracy(world.model, world.tokenizer, world.mcq("test"), steer=method.steer)
+            model = getattr(method, "model", world.model)  # a fine-tuned baseline answers with its own weights
+            acc = mcq_accuracy(model, world.tokenizer, world.mcq("test"), steer=method.steer)
             res["mcq_accuracy"] = acc["accuracy"]
             base_picks = acc["picks"] if name == "none" else base_picks
             if base_picks is not None:
