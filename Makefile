@@ -34,7 +34,7 @@ toy: setup
 
 book: toy
 	rm -rf _build/html _build/.doctrees _build/jupyter_execute
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . -W --keep-going
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 
 lint: setup
@@ -56,7 +56,7 @@ chapters: toy
 
 browser: chapters
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
-	$(VENV)/bin/jupyter-book build $(STAGE) -W -n --keep-going
+	$(VENV)/bin/jupyter-book build $(STAGE) -W --keep-going
 	BOOK_HTML=$(STAGE)/_build/html $(PY) -m pytest tests/browser -q -p no:cacheprovider
 
 test: lint unit chapters browser
