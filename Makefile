@@ -47,7 +47,7 @@ unit: toy
 
 # `make test` executes every chapter once, under nbmake, in a staged copy of the book, then renders
 # that executed copy (execution off) for the browser check: one execution, two checks.
-STAGE := _build/stage
+STAGE := _stage  # not under _build: nbmake skips any path containing _build
 chapters: toy
 	rm -rf $(STAGE) && mkdir -p $(STAGE)
 	cp -r book _toc.yml $(STAGE)/
@@ -62,4 +62,4 @@ browser: chapters
 test: lint unit chapters browser
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build _stage .pytest_cache
