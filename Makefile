@@ -47,7 +47,8 @@ unit: toy
 
 # `make test` executes every chapter once, under nbmake, in a staged copy of the book, then renders
 # that executed copy (execution off) for the browser check: one execution, two checks.
-STAGE := _stage  # not under _build: nbmake skips any path containing _build
+# not under _build: nbmake skips any path containing _build
+STAGE := _stage
 chapters: toy
 	rm -rf $(STAGE) && mkdir -p $(STAGE)
 	cp -r book _toc.yml $(STAGE)/
