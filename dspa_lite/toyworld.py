@@ -180,10 +180,16 @@ def build_tokenizer():
     )
 
 
+def dialogue_texts(tokenizer, pairs: list[tuple[str, str]]) -> list[str]:
+    """Whole dialogues (chat-formatted prompt, response, end of turn); the template is rendered once."""
+    from .generation import format_prompts
+
+    head, tail = format_prompts(tokenizer, ["PROMPT"])[0].split("PROMPT")
+    return [f"{head}{p}{tail}{r} <end_of_turn>" for p, r in pairs]
+
+
 def dialogue_text(tokenizer, prompt: str, response: str) -> str:
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-    return f"{chat}{response} <end_of_turn>"
+    return dialogue_texts(tokenizer, [(prompt, response)])[0]
 
 
 def build_model(cfg: ToyConfig, vocab_size: int, tokenizer):
@@ -235,11 +241,7 @@ def train_model(cfg: ToyConfig, model, rows: list[list[int]], progress: bool = T
 
 # --------------------------------------------------------------------------- build, cache, load
 def _dialogue_ids(tokenizer, pairs: list[tuple[str, str]]) -> list[list[int]]:
-    prefix = tokenizer.apply_chat_template([{"role": "user", "content": "PROMPT"}], tokenize=False,
-                                           add_generation_prompt=True)
-    head, tail = prefix.split("PROMPT")
-    texts = [f"{head}{p}{tail}{r} <end_of_turn>" for p, r in pairs]
-    return tokenizer(texts, add_special_tokens=False).input_ids
+    return tokenizer(dialogue_texts(tokenizer, pairs), add_special_tokens=False).input_ids
 
 
 def build(cfg: ToyConfig, path: Path, progress: bool = True) -> None:
