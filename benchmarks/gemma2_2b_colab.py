@@ -365,8 +365,7 @@ def run_fit(s: Session) -> dict:
     triples = read_jsonl(s.layout.path("triples"))
     cdmap = fit_cdmap(model, tok, sae_in, sae_out, triples, CDMapConfig.default(), progress=True)
     cdmap.save(s.layout.path("fit"))
-    return {"n_triples": len(triples), "supported_rows": int((cdmap.A.abs().sum(1) > 0).sum()),
-            "nonzero": int((cdmap.A != 0).sum())}
+    return {"n_triples": len(triples), "supported_rows": int(cdmap.active_rows().sum()), "A": type(cdmap.A).__name__}
 
 
 def _timed_generate(method, prompts, n_new: int, tokenizer) -> tuple[float, int]:

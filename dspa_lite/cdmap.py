@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -23,13 +24,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["CDMap", "CDMapConfig", "CDMapFileError", "estimate_map", "prompt_scores",
+__all__ = ["CDMap", "CDMapConfig", "CDMapFileError", "LowRankMap", "estimate_map", "prompt_scores",
            "select_latents", "specificity_weights"]
 
 ESTIMATORS, POOLINGS = ("mean", "ridge"), ("binary", "mean", "max", "last")
 COMPAT_FIELDS = ("model_id", "sae_in_id", "sae_out_id", "l_in", "l_out", "d_model", "d_sae_in", "d_sae_out")
 TENSORS_FILE, SIDECAR_FILE, FORMAT = "cdmap.safetensors", "cdmap.json", "dspa-lite-cdmap/1"
 _TENSORS = ("A", "delta_mean", "delta_std", "latent_mean")
+# Above this many entries (1 GiB in fp32) CDMap.from_features keeps A factored (LowRankMap): Gemma Scope 16k x 16k
+# is 2^28 and stays dense; Qwen-Scope 64k x 64k (17 GB dense) becomes two (64k, n_triples) factors.
+DENSE_MAX_ENTRIES = 2**28
 _EPS = 1e-8
 _REFIT = "delete it and refit with `dspa-lite fit`"
 try:
@@ -60,8 +64,8 @@ def _check_matrix(name: str, x) -> None:
 def estimate_map(
     U: Float[Tensor, "n_triples m_in"], Delta: Float[Tensor, "n_triples m_out"], estimator: str = "mean",
     n_min: int = 1, center: bool = False, ridge: float = 0.0, top_r: int | None = None, *,
-    weights: Float[Tensor, " m_in"] | None = None, normalize_delta: bool = False,
-) -> Float[Tensor, "m_in m_out"]:
+    weights: Float[Tensor, " m_in"] | None = None, normalize_delta: bool = False, factored: bool = False,
+) -> Float[Tensor, "m_in m_out"] | LowRankMap:
     """Estimate ``A`` (DESIGN.md §5.3). With only the first seven arguments: the textbook estimator.
 
     ``"mean"``: ``A_jk = sum_i U_ij Delta_ik / sum_i U_ij``. ``"ridge"``: ``(U^T U + ridge I)^-1 U^T Delta`` in
@@ -71,6 +75,9 @@ def estimate_map(
     a prompt latent beyond the global edit); ``normalize_delta`` divides each ``Delta`` column by its
     population std (zero-std columns become 0); ``weights`` scales row ``j`` (e.g. :func:`specificity_weights`);
     ``top_r`` then keeps the ``r`` largest ``|A_jk|`` per row. ``U`` may be 0/1 (bool, int) or real ``>= 0``.
+
+    Every estimator is ``A = L R`` with ``R`` the processed ``Delta`` (n_triples rows), so ``factored=True`` returns
+    a :class:`LowRankMap` without ever forming the ``(m_in, m_out)`` matrix (needs ``top_r=None``).
 
     >>> U = torch.tensor([[1., 0.], [1., 1.], [0., 1.]])  # latent 0 and 1 co-occur in triple 1
     >>> Delta = torch.tensor([[2., 0.], [2., 2.], [0., 2.]])  # additive: a_0 = (2, 0), a_1 = (0, 2)
@@ -83,6 +90,9 @@ def estimate_map(
     >>> estimate_map(U, Delta, n_min=3)  # each latent is active in only 2 triples
     tensor([[0., 0.],
             [0., 0.]])
+    >>> estimate_map(U, Delta, factored=True).dense()  # the same A, kept as (2, 3) @ (3, 2) factors
+    tensor([[2., 1.],
+            [1., 2.]])
     """
     _check_matrix("U", U)
     _check_matrix("Delta", Delta)
@@ -98,6 +108,7 @@ def estimate_map(
         (w_ok, f"weights must have shape (m_in,) = ({m_in},), got {_shape(weights)}"),
         (w_ok and (weights is None or bool(torch.isfinite(weights.double()).all())), "weights has NaN/inf entries"),
         (not (neg := int((U < 0).sum())), f"U has {neg} negative entries: prompt features must be >= 0"),
+        (not (factored and top_r is not None), f"top_r={top_r} needs the dense (m_in, m_out) map: pass factored=False"),
     ):
         if not ok:
             raise ValueError(msg)
@@ -108,23 +119,68 @@ def estimate_map(
     if center:
         d = d - d.mean(0)
     keep = (u > 0).sum(0) >= n_min  # (m_in,) support filter
-    A = torch.zeros(m_in, m_out, dtype=torch.float64)
+    L = torch.zeros(m_in, n, dtype=torch.float64)  # A = L @ d
+    uk = u[:, keep]  # (n_triples, m_kept): only supported latents, so dead ones do not make the ridge singular
     if estimator == "mean":
-        A[keep] = (u.T @ d)[keep] / u.sum(0)[keep, None]  # the mass is > 0 wherever support >= 1
+        L[keep] = uk.T / uk.sum(0)[:, None]  # the mass is > 0 wherever support >= 1
     elif keep.any():
-        uk = u[:, keep]  # (n_triples, m_kept): solve only over supported latents so dead ones do not make it singular
-        gram = uk.T @ uk
-        if ridge == 0 and (rank := int(torch.linalg.matrix_rank(gram))) < uk.shape[1]:
+        m_kept, eye = uk.shape[1], partial(torch.eye, dtype=torch.float64)
+        if ridge == 0 and (rank := int(torch.linalg.matrix_rank(uk))) < m_kept:
             raise ValueError(
-                f"estimator='ridge' with ridge=0 needs U^T U of full rank, but its rank is {rank} < {uk.shape[1]} supported "
+                f"estimator='ridge' with ridge=0 needs U^T U of full rank, but its rank is {rank} < {m_kept} supported "
                 "prompt latents (some always co-occur, or fewer triples than latents): pass ridge > 0 (e.g. 1e-3)")
-        A[keep] = torch.linalg.solve(gram + ridge * torch.eye(uk.shape[1], dtype=torch.float64), uk.T @ d)
+        if m_kept <= n:  # (U^T U + rI)^-1 U^T, a (m_kept, m_kept) solve
+            L[keep] = torch.linalg.solve(uk.T @ uk + ridge * eye(m_kept), uk.T)
+        else:  # the same matrix by the push-through identity U^T (U U^T + rI)^-1: a (n, n) solve
+            L[keep] = torch.linalg.solve(uk @ uk.T + ridge * eye(n), uk).T
     if weights is not None:
-        A = A * weights.to(torch.float64)[:, None]
+        L = L * weights.to(torch.float64)[:, None]
+    dtype = Delta.dtype if Delta.is_floating_point() else torch.float32
+    if factored:
+        return LowRankMap(L.to(dtype), d.to(dtype))
+    A = L @ d
     if top_r is not None and top_r < m_out:
         idx = A.abs().topk(top_r, dim=1).indices  # (m_in, top_r)
         A = torch.zeros_like(A).scatter_(1, idx, A.gather(1, idx))
-    return A.to(Delta.dtype if Delta.is_floating_point() else torch.float32)
+    return A.to(dtype)
+
+
+@dataclass(eq=False)
+class LowRankMap:
+    """``A = left @ right`` kept as its factors, ``left`` ``(m_in, r)`` and ``right`` ``(r, m_out)`` with ``r`` the number
+    of triples: ``r (m_in + m_out)`` numbers instead of ``m_in m_out``, and ``u @ A`` costs ``r (m_in + m_out)``.
+
+    >>> A = LowRankMap(torch.ones(4, 2), torch.eye(2, 3))
+    >>> A.shape, torch.ones(4) @ A
+    ((4, 3), tensor([4., 4., 0.]))
+    """
+
+    left: Float[Tensor, "m_in r"]
+    right: Float[Tensor, "r m_out"]
+
+    def __post_init__(self):
+        _check_matrix("left", self.left)
+        _check_matrix("right", self.right)
+        if self.left.shape[1] != self.right.shape[0]:
+            raise ValueError(f"left {tuple(self.left.shape)} and right {tuple(self.right.shape)} do not chain: "
+                             "left must be (m_in, r) and right (r, m_out)")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.left.shape[0], self.right.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.left.device
+
+    def to(self, *args, **kw) -> LowRankMap:
+        return LowRankMap(self.left.to(*args, **kw), self.right.to(*args, **kw))
+
+    def dense(self) -> Float[Tensor, "m_in m_out"]:
+        return self.left @ self.right
+
+    def __rmatmul__(self, u: Tensor) -> Tensor:  # u @ A for u of shape (..., m_in)
+        return (u @ self.left) @ self.right
 
 
 def specificity_weights(U: Float[Tensor, "n_triples m_in"]) -> Float[Tensor, " m_in"]:
@@ -141,17 +197,17 @@ def specificity_weights(U: Float[Tensor, "n_triples m_in"]) -> Float[Tensor, " m
     return torch.log1p(torch.tensor(float(U.shape[0]))) - torch.log1p(df)  # a difference of logs: exactly 0 if df = n
 
 
-def prompt_scores(A: Float[Tensor, "m_in m_out"], u: Float[Tensor, "*B m_in"]) -> Float[Tensor, "*B m_out"]:
+def prompt_scores(A: Float[Tensor, "m_in m_out"] | LowRankMap, u: Float[Tensor, "*B m_in"]) -> Float[Tensor, "*B m_out"]:
     """Per-prompt scores ``s(x) = A^T u(x) / max(1, |u(x)|_1)`` (DESIGN.md §5.4), for ``(m_in,)`` or ``(B, m_in)``.
 
     >>> prompt_scores(torch.tensor([[2., 0.], [0., 2.]]), torch.tensor([1., 1.]))
     tensor([1., 1.])
     """
-    if not isinstance(A, Tensor) or A.ndim != 2:
-        raise ValueError(f"A must be a 2-D tensor (m_in, m_out), got {_shape(A)}")
+    if not isinstance(A, LowRankMap) and (not isinstance(A, Tensor) or A.ndim != 2):
+        raise ValueError(f"A must be a 2-D tensor (m_in, m_out) or a LowRankMap, got {_shape(A)}")
     if not isinstance(u, Tensor) or u.ndim not in (1, 2) or u.shape[-1] != A.shape[0]:
         raise ValueError(f"u has shape {_shape(u)} but A expects (m_in,) or (B, m_in) with m_in={A.shape[0]}")
-    u = u.to(A.dtype)
+    u = u.to(A.right.dtype if isinstance(A, LowRankMap) else A.dtype)
     return (u @ A) / u.abs().sum(-1, keepdim=True).clamp_min(1.0)
 
 
@@ -241,9 +297,11 @@ class CDMapFileError(ValueError):
 class CDMap:
     """A fitted map, the ``delta`` mean/std over triples (static steering), each output latent's mean active
     value on chosen responses (ungated ablation), and provenance: ``meta`` records ``COMPAT_FIELDS``,
-    ``n_triples``, ``data_hash``, ``package_version`` and ``created`` (the last two filled in if absent)."""
+    ``n_triples``, ``data_hash``, ``package_version`` and ``created`` (the last two filled in if absent).
 
-    A: Float[Tensor, "m_in m_out"]
+    ``A`` is a dense tensor, or a :class:`LowRankMap` when it would exceed ``DENSE_MAX_ENTRIES`` (wide SAEs)."""
+
+    A: Float[Tensor, "m_in m_out"] | LowRankMap
     delta_mean: Float[Tensor, " m_out"]
     delta_std: Float[Tensor, " m_out"]
     latent_mean: Float[Tensor, " m_out"]
@@ -251,13 +309,18 @@ class CDMap:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        _check_matrix("A", self.A)
+        if isinstance(self.A, LowRankMap):
+            self.A = LowRankMap(*(t.detach().to(torch.float32).contiguous() for t in (self.A.left, self.A.right)))
+        else:
+            _check_matrix("A", self.A)
         m_in, m_out = self.A.shape
         for name in _TENSORS:
             t = getattr(self, name)
             if name != "A" and (not isinstance(t, Tensor) or tuple(t.shape) != (m_out,)):
                 raise ValueError(f"{name} must have shape (m_out,) = ({m_out},), got {_shape(t)}")
-            setattr(self, name, t.detach().to(torch.float32).contiguous())
+            if name != "A" or isinstance(t, Tensor):
+                setattr(self, name, t.detach().to(torch.float32).contiguous())
+        self._on_device = self.A
         self.meta = {"package_version": _VERSION,
                      "created": datetime.now(UTC).isoformat(timespec="seconds"), **self.meta}
         for key, size in (("d_sae_in", m_in), ("d_sae_out", m_out)):
@@ -268,16 +331,29 @@ class CDMap:
     def from_features(cls, U: Float[Tensor, "n_triples m_in"], Delta: Float[Tensor, "n_triples m_out"],
                       latent_mean: Float[Tensor, " m_out"], config: CDMapConfig | None = None,
                       meta: dict | None = None) -> CDMap:
-        """Fit ``A`` with ``config`` (default: ``CDMapConfig.default()``) and record the ``delta`` statistics."""
+        """Fit ``A`` with ``config`` (default: ``CDMapConfig.default()``) and record the ``delta`` statistics.
+
+        ``A`` stays factored (a :class:`LowRankMap`) when ``m_in * m_out > DENSE_MAX_ENTRIES``."""
         config = CDMapConfig.default() if config is None else config
+        factored = U.shape[-1] * Delta.shape[-1] > DENSE_MAX_ENTRIES
+        if factored and config.top_r is not None:
+            raise ValueError(f"top_r={config.top_r} needs the dense map, but it would have {U.shape[-1]} x {Delta.shape[-1]} "
+                             f"entries (> DENSE_MAX_ENTRIES={DENSE_MAX_ENTRIES}): use top_r=None with SAEs this wide")
         A = estimate_map(U, Delta, config.estimator, config.n_min, config.center, config.ridge, config.top_r,
                          weights=specificity_weights(U) if config.specificity else None,
-                         normalize_delta=config.normalize_delta)
+                         normalize_delta=config.normalize_delta, factored=factored)
         d = Delta.to(torch.float64)
         return cls(A, d.mean(0), d.std(0, correction=0), latent_mean, config, {**(meta or {}), "n_triples": U.shape[0]})
 
     def scores(self, u: Float[Tensor, "*B m_in"]) -> Float[Tensor, "*B m_out"]:
-        return prompt_scores(self.A.to(u.device), u)
+        if self._on_device.device != u.device:  # one copy per device, not one transfer per call
+            self._on_device = self.A.to(u.device)
+        return prompt_scores(self._on_device, u)
+
+    def active_rows(self) -> Tensor:
+        """``(m_in,)`` bool: prompt latents whose row of ``A`` is not all zero (for a factored map: whose left row)."""
+        rows = self.A.left if isinstance(self.A, LowRankMap) else self.A
+        return rows.abs().sum(1) > 0
 
     def check_compatible(self, model_id: str, sae_in_id: str, sae_out_id: str, l_in: int, l_out: int,
                          d_model: int, d_sae_in: int, d_sae_out: int) -> None:
@@ -304,7 +380,11 @@ class CDMap:
                                   "choose a new or empty folder")
         if contents and not overwrite:
             raise FileExistsError(f"{target} already holds a CDMap: pass overwrite=True to replace it")
-        tensors = {n: getattr(self, n).detach().cpu().contiguous() for n in _TENSORS}
+        tensors = {n: getattr(self, n).detach().cpu().contiguous() for n in _TENSORS[1:]}
+        if isinstance(self.A, LowRankMap):
+            tensors |= {"A.left": self.A.left.cpu().contiguous(), "A.right": self.A.right.cpu().contiguous()}
+        else:
+            tensors["A"] = self.A.detach().cpu().contiguous()
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         old = None
@@ -344,6 +424,7 @@ class CDMap:
         path = root / TENSORS_FILE
         try:
             tensors = safetensors.torch.load_file(str(path))
-            return cls(*(tensors[n] for n in _TENSORS), config, meta)
+            A = tensors["A"] if "A" in tensors else LowRankMap(tensors["A.left"], tensors["A.right"])
+            return cls(A, *(tensors[n] for n in _TENSORS[1:]), config, meta)
         except (safetensors.SafetensorError, OSError, KeyError, ValueError) as e:
             raise CDMapFileError(f"{path} is corrupt, truncated or incomplete ({type(e).__name__}: {e}): {_REFIT}") from e

@@ -380,3 +380,54 @@ def test_check_compatible_names_each_mismatching_field(fitted):
     bare = CDMap(m.A, m.delta_mean, m.delta_std, m.latent_mean)  # no provenance: refuse
     with pytest.raises(ValueError, match="d_model: recorded '<not recorded>', given 64"):
         bare.check_compatible(**{k: META[k] for k in cdmap.COMPAT_FIELDS})
+
+
+# ---- factored maps (wide SAEs) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(n_min=2, center=True, normalize_delta=True, weights=torch.linspace(0, 2, 12)),
+    dict(estimator="ridge", ridge=0.5),  # 10 supported latents < 40 triples: the (m_kept, m_kept) solve
+])
+def test_factored_map_equals_the_dense_one(kw):
+    U, Delta = random_features(real=True)
+    low = estimate_map(U, Delta, factored=True, **kw)
+    assert isinstance(low, cdmap.LowRankMap) and low.shape == (12, 7) and low.left.shape == (12, 40)
+    torch.testing.assert_close(low.dense(), estimate_map(U, Delta, **kw), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(prompt_scores(low, U[:5]), prompt_scores(estimate_map(U, Delta, **kw), U[:5]))
+
+
+def test_ridge_with_more_latents_than_triples_uses_the_push_through_identity():
+    U, Delta = random_features(n=6, m_in=30)  # ~20 supported latents, 6 triples: only ridge > 0 is defined
+    U[:, 2:] += (torch.rand(6, 28) < 0.5).float()
+    ridge = 0.3
+    keep = (U > 0).sum(0) >= 1
+    uk = U[:, keep].double()
+    primal = torch.zeros(30, 7, dtype=torch.float64)
+    primal[keep] = torch.linalg.solve(uk.T @ uk + ridge * torch.eye(uk.shape[1], dtype=torch.float64), uk.T @ Delta.double())
+    torch.testing.assert_close(estimate_map(U, Delta, "ridge", ridge=ridge), primal.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_factored_map_refuses_top_r():
+    U, Delta = random_features()
+    with pytest.raises(ValueError, match="top_r=3 needs the dense"):
+        estimate_map(U, Delta, top_r=3, factored=True)
+    with pytest.raises(ValueError, match="left .* and right .* do not chain"):
+        cdmap.LowRankMap(torch.zeros(4, 2), torch.zeros(3, 5))
+
+
+def test_wide_maps_are_fitted_factored_and_round_trip(monkeypatch, tmp_path):
+    U, Delta = random_features()
+    dense = CDMap.from_features(U, Delta, torch.rand(7), CDMapConfig.default(), META)
+    monkeypatch.setattr(cdmap, "DENSE_MAX_ENTRIES", 12 * 7 - 1)  # this 12 x 7 map now counts as wide
+    wide = CDMap.from_features(U, Delta, dense.latent_mean, CDMapConfig.default(), META)
+    assert isinstance(wide.A, cdmap.LowRankMap) and wide.A.left.shape == (12, 40)
+    torch.testing.assert_close(wide.A.dense(), dense.A, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(wide.scores(U[:3]), dense.scores(U[:3]), atol=1e-5, rtol=1e-5)
+    assert torch.equal(wide.active_rows(), dense.active_rows()) and not wide.active_rows()[:2].any()
+    loaded = CDMap.load(wide.save(tmp_path / "wide"))
+    assert isinstance(loaded.A, cdmap.LowRankMap)
+    assert torch.equal(loaded.A.left, wide.A.left) and torch.equal(loaded.A.right, wide.A.right)
+    with pytest.raises(ValueError, match="top_r=2 needs the dense map"):
+        CDMap.from_features(U, Delta, dense.latent_mean, dataclasses.replace(CDMapConfig.default(), top_r=2), META)

@@ -307,3 +307,19 @@ def test_gemma_trimmed_prompt_content_positions(hub):
     enc = encode_texts(tok, ["Explain ocean tides.\n"])
     content = tok.decode([enc.ids[0][i] for i in enc.content[0]])
     assert "tides" in content and "<start_of_turn>" not in content
+
+
+def test_wide_sae_maps_are_factored_and_steer_identically(hub, monkeypatch):
+    """Qwen-Scope's 64k SAEs make a dense map larger than the model: above DENSE_MAX_ENTRIES it stays factored."""
+    from dspa_lite import cdmap as cdmap_module
+
+    model, tok, sae_in, sae_out = models.load_all(hub["qwen"], device="cpu")
+    triples = load_preferences(str(hub["data"]), split="train", n=12, seed=0)
+    dense = dspa_lite.fit_cdmap(model, tok, sae_in, sae_out, triples)
+    monkeypatch.setattr(cdmap_module, "DENSE_MAX_ENTRIES", hf.D_SAE**2 - 1)
+    wide = dspa_lite.fit_cdmap(model, tok, sae_in, sae_out, triples)
+    assert isinstance(wide.A, cdmap_module.LowRankMap) and wide.A.left.shape == (hf.D_SAE, 12)
+    prompts = [t.prompt for t in load_preferences(str(hub["data"]), split="test")]
+    runs = [dspa_lite.DSPA(model, tok, sae_in, sae_out, m, mode="both", k=4, alpha=3.0) for m in (dense, wide)]
+    torch.testing.assert_close(runs[1].scores(prompts[0])["s"], runs[0].scores(prompts[0])["s"], atol=1e-5, rtol=1e-4)
+    assert runs[1].generate(prompts, 8, temperature=0) == runs[0].generate(prompts, 8, temperature=0)
