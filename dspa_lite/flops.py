@@ -15,6 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .hooks import decoder_layers, forward_until
+from .profiles import PROFILES
 
 __all__ = ["KNOWN_MODELS", "SETTINGS", "ModelShape", "cli_report", "cross_check", "decode_overhead", "dpo",
            "dspa_fit", "forward_flops", "lora_step_flops", "measure", "rahf_scit", "ratios", "sae_decode_flops",
@@ -200,12 +201,13 @@ def decode_overhead(shape: ModelShape, d_sae: int, method: str, context_len: int
             "per_prompt": per_prompt, "per_prompt_ratio": per_prompt / forward_flops(shape, prompt_len, prompt_len)}
 
 
-# Assumed for the modelled comparison (the paper's are not public): l_in ~ 1/4 and l_out ~ 3/4 of the depth;
-# SAE widths of Gemma Scope width_16k and Qwen-Scope W64K; RAHF target layers 10-18 as in the reproduction.
-SETTINGS = {"tiny": dict(l_in=1, l_out=2, d_sae=1024, rahf_target_layers=(1, 2)),
-            "gemma-2-2b": dict(l_in=6, l_out=20, d_sae=16384, rahf_target_layers=tuple(range(10, 19))),
-            "gemma-2-9b": dict(l_in=10, l_out=31, d_sae=16384, rahf_target_layers=tuple(range(10, 19))),
-            "qwen3-8b": dict(l_in=9, l_out=27, d_sae=65536, rahf_target_layers=tuple(range(10, 19)))}
+# The modelled comparison's settings (the paper's are not public): DSPA's layers and SAE widths come from the profiles
+# (Gemma Scope width_16k, Qwen-Scope W64K); RAHF-SCIT's LoRA targets are layers 10-18 as in the reproduction (the tiny
+# model: its two upper blocks).
+_RAHF_TARGETS = {"tiny": (1, 2), "gemma-2-2b": tuple(range(10, 19)), "gemma-2-9b": tuple(range(10, 19)),
+                 "qwen3-8b": tuple(range(10, 19))}
+SETTINGS = {name: dict(l_in=PROFILES[name].l_in, l_out=PROFILES[name].l_out, d_sae=PROFILES[name].d_sae,
+                       rahf_target_layers=targets) for name, targets in _RAHF_TARGETS.items()}
 
 
 def ratios(model_name: str, n_triples: int = 1000, prompt_len: int = 256, response_len: int = 256,

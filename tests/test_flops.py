@@ -165,3 +165,13 @@ def test_cli_report():
     json.dumps(real)
     with pytest.raises(ValueError, match="--model tiny"):
         flops.cli_report("gemma-2-9b", measure=True)
+
+
+def test_flop_settings_follow_the_profiles():
+    from dspa_lite.flops import SETTINGS
+    from dspa_lite.profiles import PROFILES
+
+    for name, s in SETTINGS.items():
+        p, shape = PROFILES[name], KNOWN_MODELS[name]
+        assert (s["l_in"], s["l_out"], s["d_sae"]) == (p.l_in, p.l_out, p.d_sae), name
+        assert (shape.n_layers, shape.d_model) == (p.n_layers, p.d_model), name
