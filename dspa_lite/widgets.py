@@ -23,7 +23,8 @@ def steered_trace(world, cdmap, prompt: str, mode: str, k: int, alpha: float, se
     plain = generate(world.model, world.tokenizer, [prompt], max_new_tokens=max_new_tokens, seed=seed)[0]
     calls = steerer.last_edit.trace  # call 0: the last prompt position; call i + 1: generated token i
     edited = [sorted(c[0, -1].nonzero().flatten().tolist()) for c in calls]
-    tokens = steered.split()
+    ids = world.tokenizer(steered, add_special_tokens=False).input_ids  # re-encoded: one entry per model token
+    tokens = [world.tokenizer.decode([i]) for i in ids]
     return {"prompt": prompt, "unsteered": plain, "dspa": steered, "at_last_prompt_position": edited[0] if edited else [],
             # the edit at a position changes the prediction of the *next* token
             "per_token": [(tok, edited[i + 1] if i + 1 < len(edited) else []) for i, tok in enumerate(tokens)],
@@ -54,9 +55,10 @@ def compare_html(trace: dict, style_of: dict[int, str] | None = None) -> str:
 
 
 def explorer(world, cdmap, prompts: list[str] | None = None, style_of: dict[int, str] | None = None):
-    """An ipywidgets explorer over prompt, mode, k and alpha (needs a live kernel)."""
+    """An ipywidgets explorer over prompt, mode, k and alpha: ``display()`` it in a live kernel (Colab, Jupyter).
+
+    The last child is an ``HTML`` widget holding :func:`compare_html` for the current setting."""
     import ipywidgets as w
-    from IPython.display import HTML, display
 
     prompts = prompts or world.prompts("test", 12)
     ui = {"prompt": w.Dropdown(options=prompts, description="prompt", layout=w.Layout(width="95%")),
@@ -64,16 +66,14 @@ def explorer(world, cdmap, prompts: list[str] | None = None, style_of: dict[int,
           "k": w.IntSlider(value=64, min=0, max=256, step=8, description="k"),
           "alpha": w.FloatSlider(value=6.0, min=0.0, max=12.0, step=0.5, description="alpha"),
           "seed": w.IntText(value=0, description="seed")}
-    out = w.Output()
+    view = w.HTML()
 
     def update(_=None):
-        with out:
-            out.clear_output(wait=True)
-            t = steered_trace(world, cdmap, ui["prompt"].value, ui["mode"].value, ui["k"].value, ui["alpha"].value,
-                              ui["seed"].value)
-            display(HTML(compare_html(t, style_of)))
+        t = steered_trace(world, cdmap, ui["prompt"].value, ui["mode"].value, ui["k"].value, ui["alpha"].value,
+                          ui["seed"].value)
+        view.value = compare_html(t, style_of)
 
     for control in ui.values():
         control.observe(update, names="value")
     update()
-    return w.VBox([*ui.values(), out])
+    return w.VBox([*ui.values(), view])
