@@ -12,6 +12,7 @@ import sys
 import time
 
 from .config import ConfigError
+from .judges import JudgeError
 
 __all__ = ["main"]
 
@@ -89,10 +90,42 @@ def cmd_generate(args) -> dict:
 def cmd_eval(args) -> dict:
     from .experiment import build_methods, compare
 
-    world = _world(args.profile)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.judge == "endpoint":
+        if "none" not in names or len(names) < 2:
+            raise ValueError(f"--methods {args.methods}: the endpoint judge compares each method with the unsteered "
+                             "outputs, so list 'none' and at least one other method")
+        judge = _endpoint_judge(args)  # before the world loads: a missing judge setting fails fast
+    world = _world(args.profile)
     methods = build_methods(world, names, mode=args.mode, k=args.k, alpha=args.alpha)
-    return compare(world, methods, n_prompts=args.n_prompts, seeds=range(args.seeds), mcq=not args.no_mcq)
+    if args.judge == "exact":
+        return compare(world, methods, n_prompts=args.n_prompts, seeds=range(args.seeds), mcq=not args.no_mcq)
+    return _endpoint_eval(world, methods, judge, args)
+
+
+def _endpoint_judge(args):
+    from .judges import Judge, JudgeConfig
+
+    overrides = dict(base_url=args.judge_base_url, model=args.judge_model, max_retries=args.judge_max_retries,
+                     cache_path=args.judge_cache)
+    return Judge(JudgeConfig.from_env(**{k: v for k, v in overrides.items() if v is not None}))
+
+
+def _endpoint_eval(world, methods: dict, judge, args) -> dict:
+    """AlpacaEval-style: each method's output against the unsteered one, judged by the endpoint (seed 0)."""
+    from .experiment import MAX_NEW_TOKENS
+    from .judges import win_rate
+
+    prompts = world.prompts("test", args.n_prompts)
+    outputs = {name: m.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=0, batch_size=50)
+               for name, m in methods.items()}
+    out = {"judge": judge.config.to_dict(), "cache": str(judge.cache_path), "n_prompts": len(prompts),
+           "reference": "none", "methods": {}}
+    for name, texts in outputs.items():
+        if name != "none":
+            out["methods"][name] = win_rate(judge.compare(prompts, texts, outputs["none"], progress=not args.json))
+    out |= {"usage": judge.usage, "estimated_cost_usd": judge.cost}
+    return out
 
 
 def cmd_flops(args) -> dict:
@@ -138,13 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("eval", help="compare steering methods on the toy world with the exact judge")
+    p = sub.add_parser("eval", help="compare steering methods on the toy world, with its exact judge or a judge model")
     p.add_argument("--profile", default="tiny")
     p.add_argument("--methods", default="none,static,caa,dspa")
     p.add_argument("--n-prompts", type=int, default=200)
-    p.add_argument("--seeds", type=int, default=3, help="number of sampling seeds (0..S-1)")
-    p.add_argument("--no-mcq", action="store_true", help="skip multiple-choice accuracy")
+    p.add_argument("--seeds", type=int, default=3, help="number of sampling seeds (0..S-1; exact judge)")
+    p.add_argument("--no-mcq", action="store_true", help="skip multiple-choice accuracy (exact judge)")
     _steer_args(p)
+    g = p.add_argument_group("judge", "--judge endpoint: pairwise (AlpacaEval-style) against the unsteered outputs, "
+                             "by any OpenAI-compatible chat endpoint; answers are cached, so a rerun resumes")
+    g.add_argument("--judge", choices=("exact", "endpoint"), default="exact",
+                   help="exact: the toy world's ground truth (default); endpoint: a judge model")
+    g.add_argument("--judge-base-url", help="e.g. http://localhost:8000/v1 (default: $DSPA_JUDGE_BASE_URL)")
+    g.add_argument("--judge-model", help="the judge model's name (default: $DSPA_JUDGE_MODEL); key: $DSPA_JUDGE_API_KEY")
+    g.add_argument("--judge-max-retries", type=int, help="retries per request with backoff (default 5)")
+    g.add_argument("--judge-cache", help="JSONL answer cache (default: DSPA_CACHE/judge/<model>.jsonl)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -160,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, JudgeError) as e:
         print(f"dspa-lite {args.command}: error: {e}", file=sys.stderr)
         return 2
     _emit(result, getattr(args, "json", False))

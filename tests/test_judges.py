@@ -271,3 +271,40 @@ def test_config_from_environment(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="http"):
         JudgeConfig("localhost:8000", "m")
     assert cache_key("m", [{"role": "user", "content": "x"}]) != cache_key("n", [{"role": "user", "content": "x"}])
+
+
+def test_cli_eval_with_an_endpoint_judge_resumes_from_its_cache(serve, tmp_path, world, capsys):
+    """`dspa-lite eval --judge endpoint`: a server that fails twice, then judges by the toy world's ground truth."""
+    from dspa_lite.cli import main
+
+    def exact(body, n):
+        if n <= 2:
+            return 500, {"error": "warming up"}
+        text = user_text(body)
+        prompt, a, b = (re.search(f"<{tag}>\n(.*?)\n</{tag}>", text, re.S).group(1)
+                        for tag in ("instruction", "response_A", "response_B"))
+        sa, sb = (world.judge(prompt, r).preferred_share for r in (a, b))
+        return 200, completion(f"Scored {sa:.2f} vs {sb:.2f}.\n[[{'A' if sa > sb else 'B' if sb > sa else 'tie'}]]")
+
+    url, state = serve(exact)
+    argv = ["eval", "--methods", "none,dspa", "--n-prompts", "24", "--judge", "endpoint", "--judge-base-url", url,
+            "--judge-model", "exact-toy", "--judge-cache", str(tmp_path / "cache.jsonl"), "--json"]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    dspa = res["methods"]["dspa"]
+    assert len(state.requests) == 24 + 2 and res["usage"]["requests"] == 24
+    assert dspa["n"] == 24 and dspa["n_unparsed"] == 0 and dspa["wins"] > dspa["losses"], dspa
+    assert main(argv) == 0, "a rerun reads every verdict from the cache"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["methods"]["dspa"] == dspa
+    assert len(state.requests) == 26
+
+
+def test_cli_eval_endpoint_without_a_judge_is_a_clear_error(monkeypatch, capsys):
+    from dspa_lite.cli import main
+
+    monkeypatch.delenv("DSPA_JUDGE_BASE_URL", raising=False)
+    monkeypatch.delenv("DSPA_JUDGE_MODEL", raising=False)
+    assert main(["eval", "--judge", "endpoint", "--methods", "none,dspa"]) == 2
+    assert "set DSPA_JUDGE_BASE_URL and DSPA_JUDGE_MODEL" in capsys.readouterr().err
+    assert main(["eval", "--judge", "endpoint", "--methods", "dspa"]) == 2
+    assert "list 'none'" in capsys.readouterr().err
