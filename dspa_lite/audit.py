@@ -15,7 +15,7 @@ from collections import Counter
 import torch
 
 from . import toylang as L
-from .features import _batches, _encode, encode_texts
+from .features import batches, encode_texts, sae_encode
 from .hooks import forward_until
 from .toyreport import _pure_style_responses, style_latents
 
@@ -29,10 +29,10 @@ def style_profiles(world, seed: int = 321) -> torch.Tensor:
     enc = encode_texts(world.tokenizer, [d[0] for d in data], [d[1] for d in data])
     total = torch.zeros(len(L.STYLES), world.sae_out.cfg.d_sae)
     count = torch.zeros(len(L.STYLES), 1)
-    for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
+    for b, ids, mask in batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
         h = forward_until(world.model, [world.l_out], ids, mask)[world.l_out]
         for j in range(ids.shape[0]):
-            z = _encode(world.sae_out, h[j, enc.response[b + j]]).float()
+            z = sae_encode(world.sae_out, h[j, enc.response[b + j]]).float()
             i = L.STYLES.index(data[b + j][2])
             total[i] += z.sum(0)
             count[i] += z.shape[0]
@@ -80,11 +80,11 @@ def top_contexts(world, latent: int, texts: list[tuple[str, str]], n: int = 5, w
     """The ``n`` response tokens (with ``width`` tokens of context) where an output latent fires most."""
     enc = encode_texts(world.tokenizer, [p for p, _ in texts], [r for _, r in texts])
     hits = []
-    for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
+    for b, ids, mask in batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
         h = forward_until(world.model, [world.l_out], ids, mask)[world.l_out]
         for j in range(ids.shape[0]):
             resp = enc.response[b + j]
-            z = _encode(world.sae_out, h[j, resp])[:, latent]
+            z = sae_encode(world.sae_out, h[j, resp])[:, latent]
             words = world.tokenizer.convert_ids_to_tokens(enc.ids[b + j])
             for t, v in zip(resp, z.tolist()):
                 if v > 0:

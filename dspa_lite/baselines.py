@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .cdmap import CDMap, select_latents
 from .dspa import LatentEdit, _check_sae, masks_from
-from .features import _batches, encode_texts
+from .features import batches, encode_texts
 from .generation import generate
 from .hooks import check_layer, edit, forward_until
 
@@ -79,7 +79,7 @@ def mean_difference(model, tokenizer, triples, layer: int, batch_size: int = 16)
     for side in ("chosen", "rejected"):
         enc = encode_texts(tokenizer, prompts, [getattr(t, side) for t in triples])
         rows = []
-        for b, ids, mask in _batches(enc, batch_size, tokenizer.pad_token_id or 0, model.device):
+        for b, ids, mask in batches(enc, batch_size, tokenizer.pad_token_id or 0, model.device):
             h = forward_until(model, [layer], ids, mask)[layer]
             rows += [h[j, enc.response[b + j]].float().mean(0) for j in range(ids.shape[0])]
         means[side] = torch.stack(rows).mean(0)

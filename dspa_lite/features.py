@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from .generation import format_prompts
 from .hooks import forward_until
 
-__all__ = ["POOLINGS", "TripleFeatures", "encode_texts", "prompt_features", "triple_features", "pool"]
+__all__ = ["POOLINGS", "TripleFeatures", "batches", "encode_texts", "pool", "prompt_features", "sae_encode",
+           "triple_features"]
 
 POOLINGS = ("binary", "mean", "max", "last")
 
@@ -92,7 +93,8 @@ def pool(z: Float[Tensor, "n_tokens d_sae"], pooling: str) -> Float[Tensor, " d_
     raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
 
 
-def _batches(enc: Encoded, batch_size: int, pad_id: int, device):
+def batches(enc: Encoded, batch_size: int, pad_id: int, device):
+    """``(start, ids, mask)`` for each right-padded batch of ``enc``'s rows (``encode_texts`` output)."""
     for b in range(0, len(enc.ids), batch_size):
         rows = enc.ids[b:b + batch_size]
         width = max(map(len, rows))
@@ -101,7 +103,8 @@ def _batches(enc: Encoded, batch_size: int, pad_id: int, device):
         yield b, ids, mask
 
 
-def _encode(sae, h: Tensor) -> Tensor:
+def sae_encode(sae, h: Tensor) -> Tensor:
+    """``sae.encode`` in the SAE's own dtype: a bf16 model's activations meet an fp32 SAE at the hook."""
     return sae.encode(h.to(sae.W_dec.dtype))
 
 
@@ -133,11 +136,11 @@ def prompt_features(model, tokenizer, sae_in, l_in: int, prompts: Sequence[str],
     positions = enc.content if exclude_template else enc.prompt_all
     pad = tokenizer.pad_token_id or 0
     out = []
-    for b, ids, mask in _batches(enc, batch_size, pad, model.device):
+    for b, ids, mask in batches(enc, batch_size, pad, model.device):
         h = forward_until(model, [l_in], ids, mask)[l_in]
         _check_finite(h, l_in)
         for j in range(ids.shape[0]):
-            out.append(pool(_encode(sae_in, h[j, positions[b + j]]), pooling).float().cpu())
+            out.append(pool(sae_encode(sae_in, h[j, positions[b + j]]), pooling).float().cpu())
     return torch.stack(out)
 
 
@@ -156,13 +159,13 @@ def triple_features(model, tokenizer, sae_in, sae_out, l_in: int, l_out: int, tr
         enc = encode_texts(tokenizer, prompts, [getattr(t, side) for t in triples])
         positions = enc.content if exclude_template else enc.prompt_all
         V[side] = []
-        for b, ids, mask in _batches(enc, batch_size, pad, model.device):
+        for b, ids, mask in batches(enc, batch_size, pad, model.device):
             acts = forward_until(model, [l_in, l_out] if side == "chosen" else [l_out], ids, mask)
             _check_finite(acts[l_out], l_out)
             for j in range(ids.shape[0]):
-                V[side].append(_encode(sae_out, acts[l_out][j, enc.response[b + j]]).mean(0).float().cpu())
+                V[side].append(sae_encode(sae_out, acts[l_out][j, enc.response[b + j]]).mean(0).float().cpu())
                 if side == "chosen":
-                    U.append(pool(_encode(sae_in, acts[l_in][j, positions[b + j]]), pooling).float().cpu())
+                    U.append(pool(sae_encode(sae_in, acts[l_in][j, positions[b + j]]), pooling).float().cpu())
             bar.update(ids.shape[0])
     bar.close()
     return TripleFeatures(torch.stack(U), torch.stack(V["chosen"]), torch.stack(V["rejected"]))

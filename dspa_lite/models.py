@@ -6,7 +6,7 @@
 The same functions load the real models and the tiny hub-layout checkpoints of the offline tests.
 
 SAEs stay in float32 even next to a bfloat16 model: the hook code casts the residual to the SAE's
-dtype and the edit back to the model's (``features._encode``, ``dspa.LatentEdit``).
+dtype and the edit back to the model's (``features.sae_encode``, ``dspa.LatentEdit``).
 
 Whatever goes wrong while loading (no network and no cached copy, a gated model without a token,
 out of memory, an SAE for another model or layer) surfaces as one :class:`ModelLoadError` that says

@@ -16,7 +16,7 @@ import torch
 
 from . import toylang as L
 from .evals import judge_responses, mcq_accuracy
-from .features import _batches, _encode, encode_texts
+from .features import batches, encode_texts, sae_encode
 from .generation import generate
 from .hooks import forward_until
 from .sae import sae_stats
@@ -46,10 +46,10 @@ def style_latents(world, threshold: float = 0.8) -> dict[str, list[int]]:
     data = _pure_style_responses(world)
     enc = encode_texts(world.tokenizer, [d[0] for d in data], [d[1] for d in data])
     mass = torch.zeros(len(L.STYLES), world.sae_out.cfg.d_sae)
-    for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
+    for b, ids, mask in batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
         h = forward_until(world.model, [world.l_out], ids, mask)[world.l_out]
         for j in range(ids.shape[0]):
-            z = _encode(world.sae_out, h[j, enc.prompt_all[b + j] + enc.response[b + j]]).float()
+            z = sae_encode(world.sae_out, h[j, enc.prompt_all[b + j] + enc.response[b + j]]).float()
             mass[L.STYLES.index(data[b + j][2])] += z.sum(0)
     total = mass.sum(0)
     share = mass / total.clamp_min(1e-9)
@@ -71,11 +71,11 @@ def style_activity(world, latents: dict[str, list[int]], n_per_category: int = 4
         responses = [base_response(world.config, p, rng) for p in prompts]
         enc = encode_texts(world.tokenizer, [p.text for p in prompts], responses)
         rows: list[list[float]] = []
-        for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
+        for b, ids, mask in batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
             h = forward_until(world.model, [world.l_out], ids, mask)[world.l_out]
             for j in range(ids.shape[0]):
                 resp = enc.response[b + j]
-                z = _encode(world.sae_out, h[j, [resp[0] - 1] + resp])[:, style_ids].float()  # (1 + n_resp, n_style)
+                z = sae_encode(world.sae_out, h[j, [resp[0] - 1] + resp])[:, style_ids].float()  # (1 + n_resp, n_style)
                 on = z > 0
                 rows.append([float(on[0].sum()), float(on[1:].sum(-1).float().mean()),
                              float(z[0].sum()), float(z[1:].sum(-1).mean())])
@@ -93,7 +93,7 @@ def _held_out_acts(world, layer: int, n: int = 200) -> torch.Tensor:
     prompts = [L.sample_prompt(L.CATEGORIES[i % 4], rng) for i in range(n)]
     enc = encode_texts(world.tokenizer, [p.text for p in prompts], [base_response(world.config, p, rng) for p in prompts])
     acts = []
-    for b, ids, mask in _batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
+    for b, ids, mask in batches(enc, 32, world.tokenizer.pad_token_id, world.model.device):
         h = forward_until(world.model, [layer], ids, mask)[layer]
         for j in range(ids.shape[0]):
             acts.append(h[j, enc.prompt_all[b + j][0]:len(enc.ids[b + j])])
