@@ -158,6 +158,15 @@ _GEMMA_CHAT = ("Gemma's chat template writes <bos> itself, names the assistant '
 # paper's audit finds in the edits live late; l_out still leaves a quarter of the model to turn an edit
 # into fluent tokens. Every default below has a canonical width-16k (Gemma) / every-layer (Qwen) SAE in
 # the registry; the Gemma picks are also the layers Gemma Scope released extra widths for.
+_GEMMA_2B = Profile(
+    # 26 layers: l_in=12 (46% depth, the layer with every Gemma Scope width), l_out=20 (77% depth).
+    name="gemma-2-2b", model_id="google/gemma-2-2b", sae_release="gemma-scope-2b-pt-res-canonical",
+    sae_id_template="layer_{L}/width_16k/canonical", l_in=12, l_out=20, n_layers=26, d_model=2304, d_sae=16384,
+    sae_note="Gemma Scope JumpReLU SAEs trained on this (pre-trained) model's residual stream",
+    chat_note="a base model: it has Gemma's chat template but was not trained on it. " + _GEMMA_CHAT,
+    est_gpu_memory_gb=8.0, est_minutes_a100=15.0, est_note=_EST_NOTE,
+)
+
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile(
         # The toy world (dspa_lite.toyworld): its own Gemma-2-architecture model and sae-lens SAEs,
@@ -169,22 +178,11 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         est_gpu_memory_gb=0.1, est_minutes_a100=None,
         est_note="built on first use in a few minutes on 2 CPU cores; runs on a CPU",
     ),
-    Profile(
-        # 26 layers: l_in=12 (46% depth, the layer with every Gemma Scope width), l_out=20 (77% depth).
-        name="gemma-2-2b", model_id="google/gemma-2-2b", sae_release="gemma-scope-2b-pt-res-canonical",
-        sae_id_template="layer_{L}/width_16k/canonical", l_in=12, l_out=20, n_layers=26, d_model=2304,
-        d_sae=16384,
-        sae_note="Gemma Scope JumpReLU SAEs trained on this (pre-trained) model's residual stream",
-        chat_note="a base model: it has Gemma's chat template but was not trained on it. " + _GEMMA_CHAT,
-        est_gpu_memory_gb=8.0, est_minutes_a100=15.0, est_note=_EST_NOTE,
-    ),
-    Profile(
-        name="gemma-2-2b-it", model_id="google/gemma-2-2b-it", sae_release="gemma-scope-2b-pt-res-canonical",
-        sae_id_template="layer_{L}/width_16k/canonical", l_in=12, l_out=20, n_layers=26, d_model=2304,
-        d_sae=16384,
+    _GEMMA_2B,
+    dataclasses.replace(  # the same shapes, layers and (pre-trained) SAEs
+        _GEMMA_2B, name="gemma-2-2b-it", model_id="google/gemma-2-2b-it", chat_note=_GEMMA_CHAT,
         sae_note="the SAEs were trained on the Base model (gemma-2-2b), not on -it: applying them here is a "
                  "transfer assumption (Gemma Scope reports that its pt SAEs reconstruct -it activations well)",
-        chat_note=_GEMMA_CHAT, est_gpu_memory_gb=8.0, est_minutes_a100=15.0, est_note=_EST_NOTE,
     ),
     Profile(
         # 42 layers: l_in=20 (48%), l_out=31 (74%); both also have gemma-scope-9b-it-res-canonical SAEs
