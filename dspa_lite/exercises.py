@@ -367,3 +367,86 @@ def check_pairwise_win_rate(fn) -> None:
 
 
 __all__ += ["check_pairwise_win_rate"]
+
+
+# --------------------------------------------------------------------------- chapter 11
+def check_nested_subsets(fn) -> None:
+    """``fn(triples, sizes, seed) -> {n: list}``: seeded random subsets without replacement, nested across sizes."""
+    from .data import PreferenceTriple
+
+    pool = [PreferenceTriple(f"prompt {i}", f"good {i}", f"bad {i}") for i in range(40)]
+    sizes = [5, 20, 40]
+    copy = list(pool)
+    out = {s: list(v) for s, v in fn(pool, list(sizes), 0).items()}
+    if pool != copy:
+        raise AssertionError("you changed the caller's list (random.shuffle shuffles in place): shuffle a copy, or "
+                             "a list of indices, and leave `triples` as it was.")
+    if sorted(out) != sizes:
+        raise AssertionError(f"return a dict with one entry per size: keys {sizes}, got {sorted(out)}.")
+    for n in sizes:
+        if len(out[n]) != n:
+            raise AssertionError(f"the subset for n={n} has {len(out[n])} triples.")
+        if any(t not in pool for t in out[n]):
+            raise AssertionError(f"the subset for n={n} holds something that is not one of the input triples.")
+        if len(set(out[n])) != n:
+            raise AssertionError(f"the subset for n={n} repeats triples: sample without replacement "
+                                 "(a permutation, or random.sample), not with random.choice.")
+    for small, large in zip(sizes, sizes[1:]):
+        if not set(out[small]) <= set(out[large]):
+            raise AssertionError(f"the n={small} subset is not contained in the n={large} one: draw one permutation per "
+                                 "seed and take its first n for every size, so that a larger n adds triples instead of "
+                                 "drawing a new sample (which would mix the effect of n with the luck of the draw).")
+    if out[5] == pool[:5] and fn(pool, [5], 1)[5] == pool[:5]:
+        raise AssertionError("you returned the first n triples in the source's order: shuffle first. Sources are "
+                             "often sorted (by date, topic or score), so their first n are not a random sample.")
+    again = {s: list(v) for s, v in fn(pool, list(sizes), 0).items()}
+    if again != out:
+        raise AssertionError("the same seed gave different subsets: draw from random.Random(seed) (or "
+                             "torch.Generator().manual_seed(seed)), not from the global random state.")
+    if fn(pool, [20], 1)[20] == out[20]:
+        raise AssertionError("seeds 0 and 1 gave the same subset: the seed must choose the permutation.")
+    try:
+        fn(pool, [len(pool) + 1], 0)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError(f"asking for {len(pool) + 1} of {len(pool)} triples must raise ValueError, not return "
+                             "fewer triples than asked for: a curve labelled n must have n triples.")
+    _ok("nested_subsets")
+
+
+def check_training_steps(fn) -> None:
+    """``fn(n, epochs, batch_size, min_steps) -> int``: ``max(min_steps, ceil(epochs * n / batch_size))``."""
+    import math
+    import numbers
+
+    from .finetune import _n_steps
+
+    cases = [(25, 1.0, 16, 8), (250, 1.0, 16, 8), (1000, 1.0, 16, 8), (100, 0.5, 16, 4), (1000, 0.5, 16, 4),
+             (40, 2.0, 8, 0), (50, 1.0, 8, 16)]
+    for n, epochs, bs, min_steps in cases:
+        want = _n_steps(n, epochs, bs, min_steps)
+        got = fn(n, epochs, bs, min_steps)
+        if isinstance(got, float) and got.is_integer():
+            got = int(got)
+        if not isinstance(got, numbers.Integral) or isinstance(got, bool):
+            raise AssertionError(f"return a whole number of steps (an int), got {got!r} for n={n}, epochs={epochs}, "
+                                 f"batch_size={bs}: round up with math.ceil.")
+        if int(got) == want:
+            continue
+        got = int(got)
+        mistakes = [
+            (max(min_steps, math.floor(epochs * n / bs)), "you rounded down: a last, partial batch is still a step, "
+                                                          "so round up (math.ceil)."),
+            (math.ceil(epochs * n / bs), f"min_steps={min_steps} is a floor on the number of steps: take the max with it."),
+            (max(min_steps, math.ceil(n / bs)), f"epochs={epochs} scales the passes over the data: multiply n by it."),
+            (min(min_steps, math.ceil(epochs * n / bs)), "min_steps is a lower bound: use max, not min."),
+            (max(min_steps, math.ceil(epochs * n)), "one step processes batch_size triples: divide by batch_size."),
+        ]
+        hint = next((msg for value, msg in mistakes if value == got), "")
+        raise AssertionError(f"for n={n}, epochs={epochs}, batch_size={bs}, min_steps={min_steps} expected {want} "
+                             f"steps, got {got}. {hint}".rstrip())
+    _ok("training_steps")
+
+
+__all__ += ["check_nested_subsets", "check_training_steps"]
