@@ -7,7 +7,7 @@ prompts and seeds, scored on the quiz items (with each method's own weights), an
 alignment-stage FLOPs (``FlopCounterMode``: matmuls, forward and backward) and wall time. Written to
 benchmarks/RESULTS.md and benchmarks/results/data_efficiency[_quick].json.
 
-    python benchmarks/data_efficiency.py            # full: sizes 25-1000, 200 prompts x 2 seeds (~20-25 min)
+    python benchmarks/data_efficiency.py            # full: sizes 25-1000, 200 prompts x 2 seeds (13 min measured)
     python benchmarks/data_efficiency.py --quick    # sizes 25, 100; 80 prompts; 1 seed; few training steps
 """
 
@@ -59,7 +59,8 @@ def fit_dspa(world, n: int) -> tuple[object, dict]:
 
 
 def evaluate(world, methods: dict, n_prompts: int, seeds, base_picks=None) -> dict:
-    """``compare`` without its quiz scoring (which uses ``world.model``), then the quiz with each method's model."""
+    """``compare`` without its quiz, then the quiz with each method's own model, counting the answers that differ
+    from ``base_picks`` (the unsteered model's, scored once rather than once per size)."""
     res = compare(world, methods, n_prompts=n_prompts, seeds=seeds, mcq=False)["methods"]
     items = world.mcq("test")
     for name, method in methods.items():
