@@ -298,6 +298,7 @@ class ToyWorld:
 
     def __init__(self, path: Path, cfg: ToyConfig, fast: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from .sae import load_from_disk
 
@@ -306,7 +307,13 @@ class ToyWorld:
         self.judge = L.Judge()
         self.model_id = f"dspa-lite/toy-{cfg.hash()}"
         self.tokenizer = AutoTokenizer.from_pretrained(self.path / "model")
-        self.model = AutoModelForCausalLM.from_pretrained(self.path / "model", attn_implementation="eager").eval()
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a million parameters load in milliseconds: no "Loading weights" bar
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(self.path / "model", attn_implementation="eager").eval()
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.config.name_or_path = self.model_id  # an identity that does not depend on DSPA_CACHE
