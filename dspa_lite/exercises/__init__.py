@@ -6,7 +6,13 @@ Every check prints a one-line confirmation when the function is right and raises
 """
 
 from ._core import attempt
-from .evaluation import check_nested_subsets, check_pairwise_win_rate, check_precision_at_k, check_training_steps
+from .evaluation import (
+    check_nested_subsets,
+    check_pairwise_win_rate,
+    check_precision_at_k,
+    check_saved_by_stopping,
+    check_training_steps,
+)
 from .method import (
     check_conditional_mean,
     check_delta,
@@ -29,6 +35,7 @@ __all__ = [
     "check_preferred_share",
     "check_prompt_features",
     "check_ridge",
+    "check_saved_by_stopping",
     "check_scores",
     "check_static_sets",
     "check_style_labels",

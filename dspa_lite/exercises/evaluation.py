@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from ._core import _ok
 
-__all__ = ['check_precision_at_k', 'check_pairwise_win_rate', 'check_nested_subsets', 'check_training_steps']
+__all__ = [
+    "check_nested_subsets",
+    "check_pairwise_win_rate",
+    "check_precision_at_k",
+    "check_saved_by_stopping",
+    "check_training_steps",
+]
 
 
 def check_precision_at_k(fn) -> None:
@@ -139,3 +145,30 @@ def check_training_steps(fn) -> None:
         raise AssertionError(f"for n={n}, epochs={epochs}, batch_size={bs}, min_steps={min_steps} expected {want} "
                              f"steps, got {got}. {hint}".rstrip())
     _ok("training_steps")
+
+
+def check_saved_by_stopping(fn) -> None:
+    """``fn(config, B, T, l_out) -> int``: the matmul FLOPs a forward pass over ``B x T`` tokens saves by stopping
+    after layer ``l_out`` (0-based, so layers ``0..l_out`` run) and computing no logits (chapter 9)."""
+    from transformers import Gemma2Config
+
+    from ..flops import ModelShape, forward_flops
+
+    for layers, d, B, T, l_out in ((4, 64, 2, 8, 1), (6, 32, 1, 5, 0), (3, 48, 3, 7, 2)):
+        cfg = Gemma2Config(hidden_size=d, intermediate_size=2 * d, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=d // 4, vocab_size=100, num_hidden_layers=layers)
+        shape = ModelShape.from_config(cfg)
+        full = forward_flops(shape, B * T, T)
+        want = full - forward_flops(shape, B * T, T, upto_layer=l_out, lm_head=False)
+        got = fn(cfg, B, T, l_out)
+        if got == want:
+            continue
+        head = 2 * B * T * d * cfg.vocab_size
+        per_layer = (full - head) // layers
+        hint = {want - head: " A pass that stops early computes no logits either: add the LM head, 2*B*T*d_model*vocab.",
+                want + per_layer: " Layers 0..l_out all run (l_out + 1 of them): n_layers - l_out - 1 are skipped.",
+                want - per_layer: " One layer too few: with 0-based l_out, n_layers - l_out - 1 layers are skipped.",
+                full: " That is the whole forward pass: subtract what still runs, layers 0..l_out."}.get(got, "")
+        raise AssertionError(f"{layers} layers, B={B}, T={T}, l_out={l_out}: expected {want:,} FLOPs saved, got {got!r}."
+                             + hint)
+    _ok("saved_by_stopping")

@@ -6,7 +6,11 @@ import torch
 
 from ._core import _ok
 
-__all__ = ['check_fve', 'check_style_labels', 'check_static_sets']
+__all__ = [
+    "check_fve",
+    "check_static_sets",
+    "check_style_labels",
+]
 
 
 def _fve_cases() -> list[tuple[torch.Tensor, torch.Tensor]]:
