@@ -21,7 +21,7 @@ from .generation import format_prompts
 from .hooks import forward_until
 
 __all__ = ["POOLINGS", "TripleFeatures", "batches", "encode_texts", "pool", "prompt_features", "sae_encode",
-           "triple_features"]
+           "triple_features", "with_responses"]
 
 POOLINGS = ("binary", "mean", "max", "last")
 
@@ -42,14 +42,18 @@ def encode_texts(tokenizer, prompts: Sequence[str], responses: Sequence[str] | N
     Content positions are the tokens whose character offsets fall inside the user's text in the
     formatted prompt, so template tokens (``<start_of_turn>``, ``user``, ...) are excluded for any
     fast tokenizer. Prompt and response are tokenized separately and concatenated, so no token
-    straddles the boundary.
+    straddles the boundary (:func:`with_responses` appends responses to already encoded prompts).
     """
     texts = format_prompts(tokenizer, prompts)
-    out = Encoded([], [], [], [])
     bos = tokenizer.bos_token_id
-    for i, (p, text) in enumerate(zip(prompts, texts)):
-        add_special = bool(tokenizer.bos_token) and not text.startswith(tokenizer.bos_token)
-        enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+    add_special = [bool(tokenizer.bos_token) and not text.startswith(tokenizer.bos_token) for text in texts]
+    if len(set(add_special)) == 1:  # one batched call (the usual case: one template for every prompt)
+        encs = tokenizer(texts, add_special_tokens=add_special[0], return_offsets_mapping=True)
+        encs = [{k: encs[k][i] for k in ("input_ids", "offset_mapping")} for i in range(len(texts))]
+    else:
+        encs = [tokenizer(t, add_special_tokens=a, return_offsets_mapping=True) for t, a in zip(texts, add_special)]
+    out = Encoded([], [], [], [])
+    for i, (p, text, enc) in enumerate(zip(prompts, texts, encs)):
         content_text = p.strip()  # chat templates (Gemma's) trim the message
         start = text.rfind(content_text)
         if start < 0:
@@ -60,18 +64,23 @@ def encode_texts(tokenizer, prompts: Sequence[str], responses: Sequence[str] | N
         content = [t for t, (a, b) in enumerate(enc["offset_mapping"]) if a >= start and b <= end and b > a]
         if not content:
             raise ValueError(f"prompt {i} ({p[:40]!r}) has no content tokens after chat formatting")
-        prompt_all = [t for t in range(len(ids)) if ids[t] != bos]
-        resp: list[int] = []
-        if responses is not None:
-            r_ids = tokenizer(responses[i], add_special_tokens=False).input_ids
-            if not r_ids:
-                raise ValueError(f"response {i} is empty after tokenization")
-            resp = list(range(len(ids), len(ids) + len(r_ids)))
-            ids = ids + r_ids
         out.ids.append(ids)
         out.content.append(content)
-        out.prompt_all.append(prompt_all)
-        out.response.append(resp)
+        out.prompt_all.append([t for t in range(len(ids)) if ids[t] != bos])
+        out.response.append([])
+    return out if responses is None else with_responses(tokenizer, out, responses)
+
+
+def with_responses(tokenizer, prompts: Encoded, responses: Sequence[str]) -> Encoded:
+    """Encoded prompts (from :func:`encode_texts`) with one response appended to each, tokenized in one call."""
+    if len(responses) != len(prompts.ids):
+        raise ValueError(f"{len(prompts.ids)} prompts but {len(responses)} responses")
+    out = Encoded([], prompts.content, prompts.prompt_all, [])
+    for i, (ids, r_ids) in enumerate(zip(prompts.ids, tokenizer(list(responses), add_special_tokens=False).input_ids)):
+        if not r_ids:
+            raise ValueError(f"response {i} is empty after tokenization")
+        out.ids.append(ids + list(r_ids))
+        out.response.append(list(range(len(ids), len(ids) + len(r_ids))))
     return out
 
 
@@ -155,8 +164,9 @@ def triple_features(model, tokenizer, sae_in, sae_out, l_in: int, l_out: int, tr
     pad = tokenizer.pad_token_id or 0
     U, V = [], {}
     bar = tqdm(total=2 * len(triples), desc="features", disable=not progress, file=sys.stderr)
+    prompt_enc = encode_texts(tokenizer, prompts)  # formatted and tokenized once for both sides
     for side in ("chosen", "rejected"):
-        enc = encode_texts(tokenizer, prompts, [getattr(t, side) for t in triples])
+        enc = with_responses(tokenizer, prompt_enc, [getattr(t, side) for t in triples])
         positions = enc.content if exclude_template else enc.prompt_all
         V[side] = []
         for b, ids, mask in batches(enc, batch_size, pad, model.device):
