@@ -29,6 +29,10 @@ CATEGORIES: tuple[str, ...] = ("explain", "howto", "chat", "risky")
 STYLES: tuple[str, ...] = ("steps", "friendly", "cautious", "curt", "rambling")
 PREFERRED: dict[str, str] = {"explain": "steps", "howto": "steps", "chat": "friendly", "risky": "cautious"}
 
+# One colour per style in every figure of the book, plus "other" for latents (or segments) with no style label.
+STYLE_COLORS: dict[str, str] = {"steps": "#4c72b0", "friendly": "#55a868", "cautious": "#c44e52", "curt": "#8172b2",
+                                "rambling": "#ccb974", "other": "#8c8c8c"}
+
 # Which rejected response a preference triple carries, per category: mostly the styles a
 # real rater would mark down there (rambling explanations, compliant answers to risky asks).
 REJECTED_MIX: dict[str, dict[str, float]] = {
