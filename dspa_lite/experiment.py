@@ -8,16 +8,19 @@ by seed, since sampling noise is shared between methods at the same seed.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from .baselines import CAA, StaticSAE, Unsteered, mean_difference
 from .cdmap import CDMap, CDMapConfig
 from .dspa import DSPA, fit_cdmap
 from .evals import judge_responses, mcq_accuracy
 
-__all__ = ["build_methods", "compare", "fit_maps", "DEFAULTS"]
+__all__ = ["build_methods", "compare", "fit_maps", "recorded_run", "DEFAULTS"]
 
 # The measured defaults on the toy world (benchmarks/RESULTS.md): gated augment, k=64, alpha=6.
 DEFAULTS = {"mode": "augment", "k": 64, "alpha": 6.0, "caa_multiplier": 2.0}
@@ -105,3 +108,22 @@ def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1
                 res["mcq_changed_items"] = sum(a != b for a, b in zip(acc["picks"], base_picks))
         out["methods"][name] = res
     return out
+
+
+def recorded_run(name: str, repo_url: str, start: Path | None = None) -> dict:
+    """A benchmark's recorded result, ``benchmarks/results/<name>``: from the repository around ``start`` (default:
+    the working folder, as when a chapter runs from a clone), else from ``repo_url``'s main branch on GitHub (Colab,
+    where the package is installed without the repository)."""
+    here = Path.cwd() if start is None else Path(start)
+    for folder in (here, *here.parents):
+        if (path := folder / "benchmarks" / "results" / name).is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    url = f"{repo_url.replace('github.com', 'raw.githubusercontent.com').rstrip('/')}/main/benchmarks/results/{name}"
+    print(f"no benchmarks/results/{name} above {here}: reading {url}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.loads(response.read())
+    except OSError as e:  # URLError is an OSError
+        script = f"benchmarks/{name.removesuffix('.json').removesuffix('_quick')}.py"
+        raise FileNotFoundError(f"the recorded run {name} is neither under a folder above {here} nor readable from {url} "
+                                f"({e}): clone the repository, or run `python {script}`") from None

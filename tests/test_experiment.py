@@ -32,3 +32,27 @@ def test_first_segment_is_out_of_reach_of_gated_edits(results):
     gain_first = dspa["first_segment_share"] - none["first_segment_share"]
     gain_later = dspa["later_segments_share"] - none["later_segments_share"]
     assert gain_later > gain_first + 0.04, (gain_first, gain_later)
+
+
+def test_recorded_run_reads_the_repository_then_says_what_to_do(tmp_path):
+    import json
+
+    import pytest
+
+    from dspa_lite.experiment import recorded_run
+
+    results = tmp_path / "repo" / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "toy_steering.json").write_text(json.dumps({"main": 1}))
+    nested = tmp_path / "repo" / "book" / "sub"
+    nested.mkdir(parents=True)
+    assert recorded_run("toy_steering.json", "https://github.com/x/y", start=nested) == {"main": 1}
+    with pytest.raises(FileNotFoundError, match=r"raw\.githubusercontent|127\.0\.0\.1.*python benchmarks/fit_cost\.py"):
+        recorded_run("fit_cost_quick.json", "http://127.0.0.1:9", start=nested)
+
+
+def test_style_colors_cover_every_style():
+    from dspa_lite import toylang
+
+    assert set(toylang.STYLE_COLORS) == set(toylang.STYLES) | {"other"}
+    assert len(set(toylang.STYLE_COLORS.values())) == len(toylang.STYLE_COLORS)
