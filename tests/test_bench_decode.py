@@ -1,0 +1,60 @@
+"""benchmarks/decode_overhead.py: its Gemma-2-2B-shape config and its fast random-weight model builder."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from dspa_lite.flops import KNOWN_MODELS, ModelShape
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_overhead.py"
+
+# google/gemma-2-2b config.json (the fields that set its shape and arithmetic)
+GEMMA_2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                  num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                  sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                  max_position_embeddings=8192, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
+                  bos_token_id=2, eos_token_id=1, pad_token_id=0, tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("decode_overhead", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gemma2_2b_config_has_the_real_values(bench):
+    from transformers import AutoModelForCausalLM
+
+    cfg = bench.gemma2_2b_config()
+    assert {k: getattr(cfg, k) for k in GEMMA_2_2B} == GEMMA_2_2B
+    assert cfg._attn_implementation == "eager"
+    assert ModelShape.from_config(cfg) == KNOWN_MODELS["gemma-2-2b"]
+    with torch.device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
+    assert n == 2_614_341_888  # Gemma-2-2B's parameter count (tied embeddings counted once)
+
+
+def test_random_model_matches_a_normally_built_one(bench):
+    """Same buffers as transformers' own construction, a tied LM head, weights of the init's scale, finite logits."""
+    from transformers import Gemma2ForCausalLM
+
+    cfg = bench.gemma2_2b_config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                 num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, vocab_size=100)
+    model, ref = bench.random_model(cfg, seed=0), Gemma2ForCausalLM(cfg)
+    ref_buffers = dict(ref.named_buffers())
+    for name, buf in model.named_buffers():
+        torch.testing.assert_close(buf, ref_buffers[name])
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert set(dict(model.named_parameters())) == set(dict(ref.named_parameters()))
+    weights = model.model.layers[0].mlp.up_proj.weight
+    assert 0.015 < float(weights.std()) < 0.025 and not any(p.requires_grad for p in model.parameters())
+    assert all(float(p.abs().max()) == 0 for p in model.parameters() if p.ndim == 1)  # Gemma norms: 1 + w
+    with torch.no_grad():
+        logits = model(torch.tensor([[2, 5, 7, 9]])).logits
+    assert logits.shape == (1, 4, 100) and bool(torch.isfinite(logits).all())
