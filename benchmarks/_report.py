@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -40,3 +41,18 @@ def write(name: str, markdown: str, data: dict, results_md: Path = HERE / "RESUL
     tmp = results_md.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(results_md)
+
+
+def parse_args(doc: str, quick_help: str, threads: int = 1, extra=None) -> argparse.Namespace:
+    """The options every toy benchmark shares (``--quick``, ``--json``, ``--threads``), plus ``extra(parser)``'s; sets
+    torch's thread count (default 1: the two cores are shared, and two threads oversubscribe under load)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    ap.add_argument("--threads", type=int, default=threads, help=f"torch threads (default {threads}; 0: torch's own)")
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args

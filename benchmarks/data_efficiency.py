@@ -13,12 +13,10 @@ benchmarks/RESULTS.md and benchmarks/results/data_efficiency[_quick].json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
@@ -97,12 +95,7 @@ def table(data: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="sizes 25, 100; 80 prompts; 1 seed; few training steps")
-    ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = _report.parse_args(__doc__, "sizes 25, 100; 80 prompts; 1 seed; few training steps")
     t0, cfg = time.perf_counter(), QUICK if args.quick else FULL
     world = toyworld.load()
     seeds = cfg["seeds"]

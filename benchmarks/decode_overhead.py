@@ -41,7 +41,6 @@ cannot read, and the peer environment has other library versions):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import gc
@@ -574,13 +573,8 @@ def profile_md(bd: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer repeats and tokens")
-    ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
-    ap.add_argument("--models", default="toy,gemma", help="comma-separated: toy, gemma")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = _report.parse_args(__doc__, "fewer repeats and tokens", extra=lambda ap: ap.add_argument(
+        "--models", default="toy,gemma", help="comma-separated: toy, gemma"))
     t0 = time.perf_counter()
     sizes = QUICK if args.quick else FULL
     sv_version = peer_available()

@@ -18,7 +18,6 @@ Written to benchmarks/RESULTS.md and benchmarks/results/fit_cost[_quick].json.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -207,12 +206,7 @@ def modelled_gemma(n: int, prompt_len: int, response_len: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="N = 100, 250; 3 repeats")
-    ap.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = _report.parse_args(__doc__, "N = 100, 250; 3 repeats")
     t0, cfg = time.perf_counter(), QUICK if args.quick else FULL
     world = toyworld.load()
     config = CDMapConfig.default()
