@@ -129,7 +129,7 @@ def _steered_hflm() -> type:
 def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[str], steerer: Any = None, limit: int | float | None = None,
                 *, batch_size: int = 8, num_fewshot: int | None = None, positions: str = "continuation",
                 include_path: str | None = None, task_manager: Any = None, log_samples: bool = False,
-                random_seed: int = 0, **kwargs: Any) -> dict:
+                random_seed: int = 0, prompt_of: Callable[[str], str] | None = None, **kwargs: Any) -> dict:
     """Evaluate ``model`` on lm-eval ``tasks`` (e.g. keys of :data:`STANDARD_TASKS`), steered by ``steerer``.
 
     Args:
@@ -140,6 +140,9 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[str], steerer: Any =
         include_path: a folder of extra task YAMLs (local tasks work offline with ``dataset_path: json``).
             lm-eval's own task index is built too, which takes tens of seconds; pass
             ``task_manager=TaskManager(include_path=..., include_defaults=False)`` for local tasks only.
+        prompt_of: maps each request context (as lm-eval formats it: few-shot examples and any chat markup
+            included) to the prompt the steerer conditions on, e.g. the bare question. DSPA wraps what it gets in
+            the chat template itself, so with ``apply_chat_template=True`` pass one that strips the markup.
         kwargs: passed to ``lm_eval.simple_evaluate`` (``apply_chat_template``, ``gen_kwargs``...). With
             ``apply_chat_template=True`` the contexts a steerer receives already hold the chat markup.
 
@@ -159,6 +162,11 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[str], steerer: Any =
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a list of task names, got the string {tasks!r}: wrap it in [...]")
     steer = _steer_fn(steerer)
+    if prompt_of is not None and steer is not None:
+        inner = steer
+
+        def steer(contexts, input_ids, attention_mask, start=None):  # noqa: F811 (the mapped steerer)
+            return inner([prompt_of(c) for c in contexts], input_ids, attention_mask, start=start)
     if task_manager is None and include_path is not None:
         task_manager = TaskManager(include_path=str(include_path))
     was_training, old_pad = model.training, tokenizer.pad_token

@@ -236,3 +236,18 @@ def test_refusals(setup):
                                                                                                    lambda h: h))
     with pytest.raises(NotImplementedError, match="perplexity"):
         lm.loglikelihood_rolling([])
+
+
+def test_prompt_of_maps_each_context_before_the_steerer_sees_it(setup):
+    dspa = DSPA(setup.model, setup.tok, setup.sae_in, setup.sae_out, setup.cdmap, mode="both", k=16, alpha=4.0)
+    seen = []
+
+    def spy(prompts, input_ids, attention_mask, start=None):
+        seen.extend(prompts)
+        return dspa.steer(prompts, input_ids, attention_mask, start=start)
+
+    question = {f"Question: {d['question']} Answer:": d["question"] for d in DOCS}
+    mapped = _loglik(setup.run(spy, prompt_of=lambda c: question[c]))
+    assert set(seen) == {d["question"] for d in DOCS}, "the steerer conditioned on the mapped prompts"
+    assert mapped != _loglik(setup.run(spy)), "conditioning on other text changes the edit here"
+    assert _hooks(setup.model) == 0
