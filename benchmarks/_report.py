@@ -56,3 +56,11 @@ def parse_args(doc: str, quick_help: str, threads: int = 1, extra=None) -> argpa
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def publish(name: str, md: list[str], data: dict, as_json: bool) -> None:
+    """Write the section and its JSON, echo the markdown to stderr, and end stdout with the JSON line if asked."""
+    write(name, "\n".join(md), data)
+    print("\n".join(md), file=sys.stderr, flush=True)
+    if as_json:
+        print(json.dumps(data, default=float))

@@ -13,7 +13,6 @@ benchmarks/RESULTS.md and benchmarks/results/data_efficiency[_quick].json.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
@@ -129,10 +128,7 @@ def main() -> None:
           "DSPA's map fit, so its cost is DSPA's. Shares are percentages; 'MCQ items changed' counts quiz answers "
           "that differ from the unsteered model's; ± is the standard error over seeds.\n",
           table(data), "", f"Run time: {data['seconds'] / 60:.1f} min."]
-    _report.write("data_efficiency_quick" if args.quick else "data_efficiency", "\n".join(md), data)
-    log("\n".join(md))
-    if args.json:
-        print(json.dumps(data, default=float))
+    _report.publish("data_efficiency_quick" if args.quick else "data_efficiency", md, data, args.json)
 
 
 if __name__ == "__main__":

@@ -665,10 +665,7 @@ def main() -> None:
             r.pop("outputs", None)
     name = "decode_overhead" + ("_peer" if sv_version else "") + ("_quick" if args.quick else "")
     md = [line for i, line in enumerate(md) if line or (i and md[i - 1])]  # no double blank lines (no peer)
-    _report.write(name, "\n".join(md), data)
-    log("\n".join(md))
-    if args.json:
-        print(json.dumps(data, default=float))
+    _report.publish(name, md, data, args.json)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import statistics
 import sys
 import time
@@ -254,10 +253,7 @@ def main() -> None:
           f"chat template, per-row Python). At Gemma-2-2B's shape (1000 triples of 256 + 256 tokens, 16k SAEs at "
           f"layers 12/20; dspa_lite.flops.dspa_fit) the modelled ratio is {m['ratio']:.3f}x.", "",
           f"Run time: {data['seconds'] / 60:.1f} min."]
-    _report.write("fit_cost_quick" if args.quick else "fit_cost", "\n".join(md), data)
-    log("\n".join(md))
-    if args.json:
-        print(json.dumps(data, default=float))
+    _report.publish("fit_cost_quick" if args.quick else "fit_cost", md, data, args.json)
 
 
 if __name__ == "__main__":

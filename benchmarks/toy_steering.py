@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 
@@ -160,10 +159,7 @@ def main() -> None:
         md += [f"### What the map selects (k={DEFAULTS['k']})", table, ""]
     data["seconds"] = time.perf_counter() - t0
     md.append(f"Run time: {data['seconds'] / 60:.1f} min.")
-    _report.write("toy_steering_quick" if args.quick else "toy_steering", "\n".join(md), data)
-    print("\n".join(md), file=sys.stderr)
-    if args.json:
-        print(json.dumps(data, default=float))
+    _report.publish("toy_steering_quick" if args.quick else "toy_steering", md, data, args.json)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from scripts import load_script
 
 from dspa_lite.flops import KNOWN_MODELS, ModelShape
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "decode_overhead.py"
 
 # google/gemma-2-2b config.json (the fields that set its shape and arithmetic)
 GEMMA_2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
@@ -22,10 +18,7 @@ GEMMA_2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, n
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("decode_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("decode_overhead")
 
 
 def test_gemma2_2b_config_has_the_real_values(bench):

@@ -7,28 +7,22 @@ passed to ``main(profile=...)`` as the tests of ``test_realpath.py`` pass them t
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import socket
-from pathlib import Path
 
 import hubfixtures as hf
 import pytest
 import torch
+from scripts import load_script
 
 from dspa_lite import models
 from dspa_lite.formats import read_alpaca_outputs, read_mt_bench_answers
 from dspa_lite.profiles import get_profile
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gemma2_2b_colab.py"
-
 
 @pytest.fixture(scope="module")
 def colab():
-    spec = importlib.util.spec_from_file_location("gemma2_2b_colab", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gemma2_2b_colab")
 
 
 @pytest.fixture
