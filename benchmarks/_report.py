@@ -24,7 +24,7 @@ def machine() -> str:
 
 def header(title: str) -> str:
     cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], HERE.parent)] + sys.argv[1:])
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"## {title}\n\n- command: `{cmd}`\n- machine: {machine()}\n- date: {date}\n"
 
 

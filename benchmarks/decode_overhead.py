@@ -25,8 +25,7 @@ cancel). Models:
 The peer: the ``steering-vectors`` library applying CAA's vector (same layer, same multiplier) with its own
 ``SteeringVector.apply`` hook, timed interleaved with the others, runs when ``import steering_vectors`` works. It
 needs transformers < 5, so it runs in a separate environment (benchmarks/requirements-peer.txt); the section it
-writes is ``decode_overhead_peer``. Use a copy of the toy-world cache there (``toyworld.load`` rebuilds a world it
-cannot read, and the peer environment has other library versions):
+writes is ``decode_overhead_peer``. Both environments load the same shipped reference world:
 
     OMP_NUM_THREADS=1 python benchmarks/decode_overhead.py            # toy + gemma shape (~10 min, ~12 GB RAM)
     OMP_NUM_THREADS=1 python benchmarks/decode_overhead.py --quick    # fewer repeats and tokens (~4 min)
@@ -35,8 +34,7 @@ cannot read, and the peer environment has other library versions):
     python3 -m venv .venv-peer
     .venv-peer/bin/pip install -r benchmarks/requirements-peer.txt
     .venv-peer/bin/pip install -e . --no-deps
-    cp -r "$DSPA_CACHE" /tmp/dspa-cache-peer
-    DSPA_CACHE=/tmp/dspa-cache-peer OMP_NUM_THREADS=1 .venv-peer/bin/python benchmarks/decode_overhead.py
+    OMP_NUM_THREADS=1 .venv-peer/bin/python benchmarks/decode_overhead.py
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import json
 import statistics
 import sys
 import tempfile
@@ -341,35 +338,10 @@ def op_tables(prof) -> dict:
 
 
 def load_world():
-    """``toyworld.load()``; under transformers 4.x (the peer environment) the cached world is read without
-    ``load``'s rebuild-on-error, and its tokenizer (saved by transformers 5: ``tokenizer_config.json`` names 5.x's
-    ``TokenizersBackend`` class and lists ``extra_special_tokens``, which 4.x cannot read) as a
-    ``PreTrainedTokenizerFast`` with the same special tokens."""
-    import transformers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
+    """The shipped reference world (it reads the same under transformers 4.x, the peer environment, and 5.x)."""
     from dspa_lite import toyworld
-    from dspa_lite.config import cache_dir
 
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        return toyworld.load()
-    cfg = toyworld.ToyConfig()
-    path = cache_dir("toyworld") / cfg.hash()
-    if not (path / "report.json").is_file():
-        raise SystemExit(f"no toy world at {path}: build it with the main environment first (dspa-lite build-toy), "
-                         "then copy the cache for this one")
-
-    def from_pretrained(folder, *args, **kwargs):
-        extra = json.loads((Path(folder) / "tokenizer_config.json").read_text()).get("extra_special_tokens") or []
-        return PreTrainedTokenizerFast.from_pretrained(folder, extra_special_tokens={},
-                                                       additional_special_tokens=list(extra))
-
-    orig = AutoTokenizer.__dict__["from_pretrained"]
-    AutoTokenizer.from_pretrained = from_pretrained
-    try:
-        return toyworld.ToyWorld(path, cfg)
-    finally:
-        AutoTokenizer.from_pretrained = orig
+    return toyworld.load()
 
 
 def toy_methods(peer: bool):

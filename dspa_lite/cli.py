@@ -28,10 +28,17 @@ def cmd_build_toy(args) -> dict:
     from . import toyworld
 
     t0 = time.perf_counter()
-    world = toyworld.load(force=args.force, progress=True)
+    if args.out:
+        world = toyworld.build_into(args.out, seed=args.seed, force=args.force)
+    else:
+        world = toyworld.load(seed=args.seed, force=args.force, progress=True)
     report = dict(world.report)
     report["load_seconds"] = time.perf_counter() - t0
     report["path"] = str(world.path)
+    report["seed"] = world.seed
+    info = world.path / "build_info.json"
+    if info.is_file():
+        report["build_info"] = json.loads(info.read_text())
     return report
 
 
@@ -147,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build-toy", help="build (or load) the offline toy preference world and report on it")
-    p.add_argument("--force", action="store_true", help="rebuild even if a cached copy exists")
+    p.add_argument("--seed", type=int, help="world seed (default: DSPA_TOY_SEED, else 0, the shipped reference world)")
+    p.add_argument("--out", help="build into this folder instead of the cache")
+    p.add_argument("--force", action="store_true", help="rebuild even if a verified copy exists")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     p.set_defaults(func=cmd_build_toy)
 

@@ -2,8 +2,10 @@
 
 ``compare(world, methods, n_prompts, seeds)`` generates with every method on the same held-out
 prompts and seeds, judges them exactly, scores the quiz items, and reports means, standard errors
-over seeds and *paired* differences (method minus unsteered, method minus static) computed seed
-by seed, since sampling noise is shared between methods at the same seed.
+over seeds and *paired* differences (method minus unsteered, method minus static) with a paired
+bootstrap over prompts (:func:`paired_bootstrap`): both methods answer the same prompt with the
+same random stream, so much of their noise is shared, and prompts, not the two or three seeds,
+are the many independent units an interval can rest on.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from .baselines import CAA, StaticSAE, Unsteered, mean_difference
 from .cdmap import CDMap, CDMapConfig
 from .dspa import DSPA, fit_cdmap
 from .evals import judge_responses, mcq_accuracy
 
-__all__ = ["build_methods", "compare", "fit_maps", "recorded_run", "DEFAULTS"]
+__all__ = ["build_methods", "compare", "fit_maps", "paired_bootstrap", "recorded_run", "DEFAULTS"]
 
 # The measured defaults on the toy world (benchmarks/RESULTS.md): gated augment, k=64, alpha=6.
 DEFAULTS = {"mode": "augment", "k": 64, "alpha": 6.0, "caa_multiplier": 2.0}
@@ -68,11 +72,41 @@ def _mean_se(xs: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
 
 
+def paired_bootstrap(a, b, n_boot: int = 2000, seed: int = 0, paired: bool = True) -> dict:
+    """Mean difference of per-response scores ``a - b`` with a bootstrap over prompts.
+
+    Args:
+        a, b: scores of two methods, ``(n_seeds, n_prompts)``, response ``[s, i]`` answering prompt
+            ``i`` at sampling seed ``s``.
+        paired: resample the same prompts for both methods (the paired bootstrap); ``False``
+            resamples them independently, as if the two methods had answered different prompts.
+
+    Returns:
+        ``{"diff", "se", "ci95"}``: the mean difference, the bootstrap standard error and the 2.5 and
+        97.5 percentiles.
+
+    >>> r = paired_bootstrap([[0.5, 0.7, 0.2]], [[0.4, 0.6, 0.1]])
+    >>> round(r["diff"], 6), round(r["se"], 6)
+    (0.1, 0.0)
+    """
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"a and b must both be (n_seeds, n_prompts), got {tuple(a.shape)} and {tuple(b.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    n = a.shape[1]
+    ia = torch.randint(n, (n_boot, n), generator=gen)
+    ib = ia if paired else torch.randint(n, (n_boot, n), generator=gen)
+    boots = a.mean(0)[ia].mean(1) - b.mean(0)[ib].mean(1)  # (n_boot,)
+    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"diff": float(a.mean() - b.mean()), "se": float(boots.std()), "ci95": (lo, hi)}
+
+
 def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1, 2), mcq: bool = True,
             progress: bool = True) -> dict:
     """Generate, judge and score every method on the same prompts and seeds (see module docstring)."""
     prompts = world.prompts("test", n_prompts)
     runs: dict[str, list[dict]] = {name: [] for name in methods}
+    shares: dict[str, list[list[float]]] = {name: [] for name in methods}  # per seed, per prompt
     for seed in seeds:
         for name, method in methods.items():
             if progress:
@@ -80,6 +114,7 @@ def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1
             responses = method.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=seed,
                                         batch_size=50)
             j = judge_responses(world.judge, prompts, responses)
+            shares[name].append([world.judge(p, r).preferred_share for p, r in zip(prompts, responses)])
             j["length_cap_rate"] = sum(len(world.tokenizer(r).input_ids) >= MAX_NEW_TOKENS - 1
                                        for r in responses) / len(responses)
             runs[name].append(j)
@@ -94,8 +129,7 @@ def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1
                                         for m in ("preferred_share", "win_rate", "fluency")}
         for ref in ("none", "static"):
             if ref in runs and ref != name:
-                diffs = [a["preferred_share"] - b["preferred_share"] for a, b in zip(runs[name], runs[ref])]
-                res[f"vs_{ref}"] = dict(zip(("diff", "se"), _mean_se(diffs)))
+                res[f"vs_{ref}"] = paired_bootstrap(shares[name], shares[ref])
                 res[f"vs_{ref}"]["per_category"] = {
                     c: _mean_se([a["per_category"][c]["preferred_share"] - b["per_category"][c]["preferred_share"]
                                  for a, b in zip(runs[name], runs[ref])])[0] for c in res["per_category"]}

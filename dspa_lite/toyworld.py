@@ -1,9 +1,10 @@
 """The embedded toy preference world: tokenizer, tiny Gemma-2 model, SAEs and data, built offline.
 
-``load()`` returns a :class:`ToyWorld`. The first call builds everything from a seed (a few
-minutes on two CPU cores, with progress bars on stderr) into
-``DSPA_CACHE/toyworld/<config-hash>/``; later calls load it in seconds. The language and the
-ground-truth judge live in :mod:`dspa_lite.toylang`.
+``load()`` returns a :class:`ToyWorld`: the reference world (seed 0) that ships with the package,
+or, for another seed (``DSPA_TOY_SEED``), one built once (a few minutes on two CPU cores, with
+progress bars on stderr) into ``DSPA_CACHE/toyworld/<config-hash>/``. Where worlds live and how
+they are verified is :mod:`dspa_lite.toystore`; the language and the ground-truth judge live in
+:mod:`dspa_lite.toylang`.
 
 Build steps: the word-level tokenizer (``tokenizers``, saved as a ``PreTrainedTokenizerFast``
 with a chat template) → the base model's training text (dialogues whose response styles follow
@@ -18,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -29,17 +31,19 @@ import torch
 from tqdm.auto import tqdm
 
 from . import toylang as L
+from . import toystore as store
 from .config import ConfigError, cache_dir, fast_mode
 from .data import PreferenceTriple, read_jsonl, write_jsonl
 
-__all__ = ["ToyConfig", "ToyWorld", "load", "build"]
+__all__ = ["ToyConfig", "ToyWorld", "load", "build", "load_tokenizer", "world_path", "WorldError"]
+
+WorldError = store.WorldError
 
 CHAT_TEMPLATE = (
     "{{ bos_token }} {% for m in messages %}<start_of_turn> "
     "{{ 'model' if m['role'] == 'assistant' else m['role'] }} {{ m['content'] }} <end_of_turn> "
     "{% endfor %}{% if add_generation_prompt %}<start_of_turn> model {% endif %}"
 )
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class ToyConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        blob = json.dumps({"config": self.to_dict(), "format": FORMAT_VERSION}, sort_keys=True)
+        blob = json.dumps({"config": self.to_dict(), "format": store.FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -244,15 +248,40 @@ def _dialogue_ids(tokenizer, pairs: list[tuple[str, str]]) -> list[list[int]]:
     return tokenizer(dialogue_texts(tokenizer, pairs), add_special_tokens=False).input_ids
 
 
+BUILD_THREADS = 1  # torch threads during a build: pinned, so a build does not depend on the core count
+
+
+def _environment() -> dict:
+    import platform
+
+    import sae_lens
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "sae_lens": sae_lens.__version__, "machine": platform.machine(), "cpu": cpu, "threads": BUILD_THREADS}
+
+
 def build(cfg: ToyConfig, path: Path, progress: bool = True) -> None:
-    """Build the whole world into ``path`` atomically (a temporary folder, then one rename)."""
+    """Build the whole world into ``path`` atomically (a temporary folder, its manifest, then one rename).
+
+    Torch runs on :data:`BUILD_THREADS` threads, so the same seed on the same machine gives
+    byte-identical files. An interrupted build leaves no half-written world behind.
+    """
     from .sae import train_toy_sae
     from .toyreport import build_report
 
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{random.getrandbits(32):08x}"
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{random.getrandbits(32):08x}"
     tmp.mkdir(parents=True)
     times: dict[str, float] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
     try:
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)
@@ -271,34 +300,43 @@ def build(cfg: ToyConfig, path: Path, progress: bool = True) -> None:
                           l1_coefficient=cfg.sae_l1, lr=cfg.sae_lr, seed=cfg.seed,
                           exclude_token_ids=[tokenizer.bos_token_id, tokenizer.pad_token_id])
             times[f"{name}_s"] = time.perf_counter() - t1
+        _relative_paths(tmp)
         for split in ("train", "test"):
             write_jsonl(make_triples(cfg, split), tmp / f"triples_{split}.jsonl")
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        world = ToyWorld(tmp, cfg)
         t2 = time.perf_counter()
-        report = build_report(world, progress=progress)
+        report = build_report(ToyWorld(tmp, cfg), progress=progress)
         times["report_s"] = time.perf_counter() - t2
-        report.update(params=sum(p.numel() for p in model.parameters()), train_loss=train_loss,
-                      build_seconds={**times, "total_s": time.perf_counter() - t0})
-        (tmp / "report.json").write_text(json.dumps(report, indent=1))  # written last: marks completeness
+        report.update(params=sum(p.numel() for p in model.parameters()), train_loss=train_loss)
+        (tmp / "report.json").write_text(json.dumps(report, indent=1))
+        # when, where and how long: kept apart from the content, which is byte-identical per seed
+        (tmp / "build_info.json").write_text(json.dumps(
+            {"build_seconds": {**times, "total_s": time.perf_counter() - t0}, **_environment()}, indent=1))
+        store.write_manifest(tmp, cfg.hash(), cfg.seed)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
     finally:
+        torch.set_num_threads(threads)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _relative_paths(folder: Path) -> None:
+    """sae-lens records the (temporary) folders it trained in; make them relative to the world."""
+    for f in folder.glob("sae_*/*.json"):
+        f.write_text(f.read_text().replace(f"{folder}/", ""))
 
 
 class ToyWorld:
     """A built toy world: ``model``, ``tokenizer``, ``sae_in``, ``sae_out``, ``l_in``, ``l_out``, ``judge``.
 
-    Loading is lazy per part, so a corrupt file surfaces as one clear error (and :func:`load`
-    rebuilds the world).
+    The tokenizer is rebuilt from ``tokenizer.json`` and the model from the world's config plus
+    ``model.safetensors``, so a world reads the same under transformers 4.x and 5.x.
     """
 
     def __init__(self, path: Path, cfg: ToyConfig, fast: bool = False):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from safetensors.torch import load_file
 
         from .sae import load_from_disk
 
@@ -306,25 +344,32 @@ class ToyWorld:
         self.l_in, self.l_out = cfg.l_in, cfg.l_out
         self.judge = L.Judge()
         self.model_id = f"dspa-lite/toy-{cfg.hash()}"
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path / "model")
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a million parameters load in milliseconds: no "Loading weights" bar
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(self.path / "model", attn_implementation="eager").eval()
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
+        self.tokenizer = load_tokenizer(self.path / "model" / "tokenizer.json")
+        with torch.random.fork_rng(devices=[]):  # the weights are overwritten: leave the caller's RNG alone
+            self.model = build_model(cfg, len(self.tokenizer), self.tokenizer)
+        missing, unexpected = self.model.load_state_dict(load_file(self.path / "model" / "model.safetensors"),
+                                                          strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise store.WorldError(f"{self.path / 'model' / 'model.safetensors'} does not fit the world's config "
+                                   f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        self.model.tie_weights()
+        self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.model.config.name_or_path = self.model_id  # an identity that does not depend on DSPA_CACHE
+        self.model.config.name_or_path = self.model_id  # an identity that does not depend on where the world lives
         self.sae_in = load_from_disk(self.path / "sae_in")
         self.sae_out = load_from_disk(self.path / "sae_out")
         for sae, layer in ((self.sae_in, self.l_in), (self.sae_out, self.l_out)):
             sae.cfg.metadata.model_name = self.model_id
             sae.cfg.metadata.release = f"dspa-lite-toy-{cfg.hash()}"
             sae.cfg.metadata.sae_id = f"layer_{layer}/width_{sae.cfg.d_sae}"
-        report = self.path / "report.json"
+        report, info = self.path / "report.json", self.path / "build_info.json"
         self.report = json.loads(report.read_text()) if report.exists() else {}
+        self.build_info = json.loads(info.read_text()) if info.exists() else {}
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
 
     def triples(self, split: str = "train") -> list[PreferenceTriple]:
         """Preference triples of ``split`` (``train`` or ``test``)."""
@@ -342,29 +387,71 @@ class ToyWorld:
         return [p.text for p in eval_prompts(self.config, split, n)]
 
     def __repr__(self) -> str:
-        return f"ToyWorld({self.path}, l_in={self.l_in}, l_out={self.l_out}, d_sae={self.sae_out.cfg.d_sae})"
+        return (f"ToyWorld(seed={self.seed}, {self.path}, l_in={self.l_in}, l_out={self.l_out}, "
+                f"d_sae={self.sae_out.cfg.d_sae})")
 
 
-def load(fast: bool | None = None, config: ToyConfig | None = None, force: bool = False,
+def load_tokenizer(path: str | os.PathLike):
+    """The toy tokenizer from its ``tokenizer.json`` (the chat template and special tokens are code)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(path), bos_token="<bos>", eos_token="<end_of_turn>", pad_token="<pad>",
+        unk_token="<unk>", additional_special_tokens=["<start_of_turn>", "<eos>"], chat_template=CHAT_TEMPLATE)
+
+
+def world_path(cfg: ToyConfig) -> Path:
+    """Where the world of ``cfg`` lives: inside the package for the reference world, else the cache."""
+    if cfg == ToyConfig(seed=store.REFERENCE_SEED):
+        return store.REFERENCE_DIR
+    return cache_dir("toyworld") / cfg.hash()
+
+
+def build_into(out: str | os.PathLike, seed: int | None = None, force: bool = False, progress: bool = True,
+               config: ToyConfig | None = None) -> ToyWorld:
+    """Build a world from scratch into the folder ``out`` (``dspa-lite build-toy --seed N --out DIR``)."""
+    cfg = config or ToyConfig(seed=store.toy_seed() if seed is None else seed)
+    out = Path(out).expanduser().resolve()
+    if out == store.REFERENCE_DIR:
+        raise store.WorldError(f"{out} is the reference world shipped with the package; build somewhere else")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with store.build_lock(out):
+        store.clean_stale(out)
+        build(cfg, out, progress)
+    store.verify(out, cfg.hash(), cfg.seed)
+    return ToyWorld(out, cfg, fast_mode())
+
+
+def load(fast: bool | None = None, config: ToyConfig | None = None, seed: int | None = None, force: bool = False,
          progress: bool = True) -> ToyWorld:
-    """The toy world, built on first use and cached under ``DSPA_CACHE/toyworld/<config-hash>/``.
+    """The toy world: the shipped reference world (seed 0) or one built once into the cache.
 
     Args:
         fast: shrink default evaluation sizes (``prompts()``); default from ``DSPA_FAST``.
             The world itself is the same in both modes.
-        force: rebuild even if a cached copy exists.
+        config: a full world config; default ``ToyConfig(seed=seed)``.
+        seed: the world seed; default from ``DSPA_TOY_SEED``, else 0 (the reference world).
+        force: rebuild into the cache even if a verified copy exists (the reference world shipped
+            with the package is never overwritten; ``force`` builds a copy of it in the cache).
+
+    Raises:
+        WorldError: the world on disk is incomplete, corrupt or foreign; the message names the file
+            and the command that rebuilds it. A world is never rebuilt silently.
     """
-    cfg = config or ToyConfig()
+    cfg = config or ToyConfig(seed=store.toy_seed() if seed is None else seed)
     fast = fast_mode() if fast is None else fast
-    path = cache_dir("toyworld") / cfg.hash()
-    if force or not (path / "report.json").is_file():
-        if progress:
-            print(f"building the toy world into {path} (a few minutes, once)", file=sys.stderr, flush=True)
-        build(cfg, path, progress)
-    try:
-        return ToyWorld(path, cfg, fast)
-    except Exception as e:  # noqa: BLE001 - any unreadable part means the cache is corrupt
-        print(f"the cached toy world at {path} could not be loaded ({type(e).__name__}: {str(e)[:200]}); "
-              "rebuilding it", file=sys.stderr, flush=True)
-        build(cfg, path, progress)
-        return ToyWorld(path, cfg, fast)
+    path = world_path(cfg)
+    if force or path != store.REFERENCE_DIR:
+        path = cache_dir("toyworld") / cfg.hash()
+        if force or not (path / store.MANIFEST).is_file():
+            with store.build_lock(path):
+                if force or not (path / store.MANIFEST).is_file():  # another process may have built it meanwhile
+                    store.clean_stale(path)
+                    if progress:
+                        print(f"building the toy world (seed {cfg.seed}) into {path}: a few minutes, once",
+                              file=sys.stderr, flush=True)
+                    build(cfg, path, progress)
+    store.verify(path, cfg.hash(), cfg.seed)
+    return ToyWorld(path, cfg, fast)

@@ -13,10 +13,17 @@ def test_build_toy_json_is_the_last_line(world):
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("params", "train_loss", "unsteered_preferred_rate", "classifiable_rate", "fluency", "mcq_accuracy",
-                "style_latents_active", "sae", "build_seconds", "load_seconds"):
+                "style_latents_active", "sae", "build_info", "load_seconds", "seed", "path"):
         assert key in report
-    # a warm load reads the cache instead of rebuilding (the <= 15 s target is measured in benchmarks/toy_build.py)
-    assert 0 < report["load_seconds"] < 0.5 * report["build_seconds"]["total_s"]
+    # the shipped reference world loads instead of being built
+    assert report["seed"] == 0 and report["path"].endswith("reference_world")
+    assert 0 < report["load_seconds"] < 0.5 * report["build_info"]["build_seconds"]["total_s"]
+
+
+def test_build_toy_refuses_an_occupied_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    out = _run("build-toy", "--seed", "3", "--out", str(tmp_path))
+    assert out.returncode != 0 and "--force" in out.stderr and (tmp_path / "keep.txt").read_text() == "mine"
 
 
 def test_fit_generate_eval(world, tmp_path):

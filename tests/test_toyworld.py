@@ -1,10 +1,11 @@
 import dataclasses
-import json
+import shutil
 
 import pytest
 import torch
 
 from dspa_lite import toylang as L
+from dspa_lite import toystore as store
 from dspa_lite import toyworld as T
 from dspa_lite.sae import load_from_disk
 
@@ -54,27 +55,43 @@ def test_config_validation():
     assert T.ToyConfig().hash() == T.ToyConfig().hash() != T.ToyConfig(seed=1).hash()
 
 
-def test_cache_recovery_and_sae_round_trip(tmp_path, monkeypatch):
-    monkeypatch.setenv("DSPA_CACHE", str(tmp_path))
-    w = T.load(config=MINI, progress=False)
-    path = w.path
-    assert path == tmp_path / "toyworld" / MINI.hash()
-    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], "temporary folders left behind"
-    # the saved SAE reloads to the same weights
-    again = load_from_disk(path / "sae_out")
+@pytest.fixture(scope="module")
+def mini_builds(tmp_path_factory):
+    """The reduced world built twice from the same seed, into two folders."""
+    root = tmp_path_factory.mktemp("mini")
+    return [T.build_into(root / name, config=MINI, progress=False) for name in ("a", "b")]
+
+
+def test_same_seed_rebuild_is_byte_identical(mini_builds):
+    a, b = mini_builds
+    assert store.content_hashes(a.path) == store.content_hashes(b.path)
+    assert {"model/model.safetensors", "model/tokenizer.json", "sae_in/sae_weights.safetensors",
+            "sae_out/sae_weights.safetensors", "triples_train.jsonl", "report.json"} <= set(store.content_hashes(a.path))
+    assert not [p for p in a.path.parent.iterdir() if p.name.startswith(".") and "tmp" in p.name], "temp folders left"
+
+
+def test_built_world_round_trips(mini_builds):
+    w = mini_builds[0]
+    again = load_from_disk(w.path / "sae_out")
     for name, p in w.sae_out.state_dict().items():
         assert torch.equal(p, again.state_dict()[name]), name
     assert w.sae_out.cfg.d_sae == MINI.d_sae and w.sae_out.cfg.d_in == MINI.d_model
-    before = json.loads((path / "report.json").read_text())
-    # a truncated weights file is detected and the world rebuilt
-    weights = path / "model" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    w2 = T.load(config=MINI, progress=False)
-    assert weights.stat().st_size > 1000
-    assert w2.report["train_loss"] == pytest.approx(before["train_loss"], abs=1e-3)
-    # a missing completeness marker (an interrupted build) also rebuilds
-    (path / "report.json").unlink()
-    assert T.load(config=MINI, progress=False).report
+    # the model as transformers itself reads the folder equals the world's portable loader
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(w.path / "model", attn_implementation="eager").eval()
+    ids = torch.tensor([w.tokenizer("<bos> <start_of_turn> user hi ! <end_of_turn>", add_special_tokens=False).input_ids])
+    assert torch.equal(hf(ids).logits, w.model(ids).logits)
+
+
+def test_load_builds_a_seed_once_into_the_cache(tmp_path, monkeypatch, mini_builds):
+    monkeypatch.setenv("DSPA_CACHE", str(tmp_path))
+    target = tmp_path / "toyworld" / MINI.hash()
+    shutil.copytree(mini_builds[0].path, target)
+    w = T.load(config=MINI, progress=False)  # verified, not rebuilt
+    assert w.path == target and w.report == mini_builds[0].report
+    with pytest.raises(FileExistsError, match="--force"):
+        T.build_into(mini_builds[0].path, config=MINI, progress=False)
 
 
 def test_world_api(world):
