@@ -65,7 +65,9 @@ def run_chapters(seed: int, nbs: list[Path], workers: int) -> dict[str, dict]:
     subprocess.run(cmd, env=env_for(seed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = {}
     for case in ET.parse(junit).iter("testcase"):
-        name = (case.get("classname") or case.get("name")).split(".")[-1]
+        raw = " ".join(case.get(k) or "" for k in ("file", "name", "classname"))
+        found = re.search(r"([A-Za-z0-9_]+)\.ipynb", raw)
+        name = found.group(1) if found else (case.get("classname") or "").split(".")[-1]
         fail = case.find("failure") if case.find("failure") is not None else case.find("error")
         out[name] = {"passed": fail is None, "seconds": float(case.get("time", 0)),
                      "failure": "" if fail is None else failure_line(fail.text or fail.get("message", ""))}
