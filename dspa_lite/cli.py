@@ -13,6 +13,7 @@ import time
 
 from .config import ConfigError
 from .judges import JudgeError
+from .toystore import WorldError
 
 __all__ = ["main"]
 
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, JudgeError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, JudgeError, WorldError) as e:
         print(f"dspa-lite {args.command}: error: {e}", file=sys.stderr)
         return 2
     _emit(result, getattr(args, "json", False))
