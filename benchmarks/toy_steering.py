@@ -143,7 +143,8 @@ def main() -> None:
     md = [_report.header("Toy world: DSPA vs unsteered, static and CAA" + (" (quick)" if args.quick else "")),
           f"Defaults: {DEFAULTS}; {n} held-out prompts x seeds {list(seeds)}; temperature 1; at most 80 new tokens. "
           "Shares are percentages of response segments in the category's preferred style (exact judge); "
-          "differences are paired by seed (mean ± standard error over seeds).\n"]
+          "a method's ± is the standard error over seeds; differences are means ± the standard error of a paired "
+          "bootstrap over prompts (experiment.paired_bootstrap).\n"]
     sections = args.sections.split(",")
     if "main" in sections:
         data["main"], table = main_table(world, cdmap, plain, n, seeds)
