@@ -300,7 +300,7 @@ def build(cfg: ToyConfig, path: Path, progress: bool = True) -> None:
                           l1_coefficient=cfg.sae_l1, lr=cfg.sae_lr, seed=cfg.seed,
                           exclude_token_ids=[tokenizer.bos_token_id, tokenizer.pad_token_id])
             times[f"{name}_s"] = time.perf_counter() - t1
-        _relative_paths(tmp)
+        _canonical_sae_files(tmp)
         for split in ("train", "test"):
             write_jsonl(make_triples(cfg, split), tmp / f"triples_{split}.jsonl")
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -322,10 +322,12 @@ def build(cfg: ToyConfig, path: Path, progress: bool = True) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _relative_paths(folder: Path) -> None:
-    """sae-lens records the (temporary) folders it trained in; make them relative to the world."""
-    for f in folder.glob("sae_*/*.json"):
-        f.write_text(f.read_text().replace(f"{folder}/", ""))
+def _canonical_sae_files(folder: Path) -> None:
+    """Make sae-lens's JSON files the same for the same seed: the (temporary) folders it trained in become
+    paths relative to the world, and keys are sorted (their order varies between processes)."""
+    for f in sorted(folder.glob("sae_*/*.json")):
+        data = json.loads(f.read_text().replace(f"{folder}/", ""))
+        f.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
 class ToyWorld:

@@ -1,5 +1,9 @@
 import dataclasses
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -59,7 +63,12 @@ def test_config_validation():
 def mini_builds(tmp_path_factory):
     """The reduced world built twice from the same seed, into two folders."""
     root = tmp_path_factory.mktemp("mini")
-    return [T.build_into(root / name, config=MINI, progress=False) for name in ("a", "b")]
+    # the second build runs in another process with another hash seed: nothing may depend on either
+    code = ("import json, sys; from dspa_lite import toyworld as T; "
+            "T.build_into(sys.argv[1], config=T.ToyConfig(**json.loads(sys.argv[2])), progress=False)")
+    subprocess.run([sys.executable, "-c", code, str(root / "b"), json.dumps(MINI.to_dict())], check=True,
+                   env={**os.environ, "PYTHONHASHSEED": "12345"})
+    return [T.build_into(root / "a", config=MINI, progress=False), T.ToyWorld(root / "b", MINI)]
 
 
 def test_same_seed_rebuild_is_byte_identical(mini_builds):
