@@ -88,8 +88,8 @@ def headline(seed: int) -> dict:
     code = (
         "import json, sys\n"
         "from dspa_lite import toyworld\n"
-        "from dspa_lite.audit import audit_steerer\n"
-        "from dspa_lite.experiment import build_methods, compare, fit_maps\n"
+        "from dspa_lite.toyworld.audit import audit_steerer\n"
+        "from dspa_lite.evaluation.experiment import build_methods, compare, fit_maps\n"
         f"world = toyworld.load(seed={seed}, fast=False, progress=False)\n"
         "cdmap = fit_maps(world)\n"
         "methods = build_methods(world, ['none', 'static', 'caa', 'dspa'], cdmap)\n"

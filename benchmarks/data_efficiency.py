@@ -22,10 +22,10 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
 from dspa_lite import toyworld  # noqa: E402
-from dspa_lite.baselines import Unsteered  # noqa: E402
-from dspa_lite.evals import mcq_accuracy  # noqa: E402
-from dspa_lite.experiment import DEFAULTS, build_methods, compare, fit_maps  # noqa: E402
-from dspa_lite.finetune import train_dpo, train_rahf_scit  # noqa: E402
+from dspa_lite.evaluation.evals import mcq_accuracy  # noqa: E402
+from dspa_lite.evaluation.experiment import DEFAULTS, build_methods, compare, fit_maps  # noqa: E402
+from dspa_lite.evaluation.finetune import train_dpo, train_rahf_scit  # noqa: E402
+from dspa_lite.method.baselines import Unsteered  # noqa: E402
 
 # Training budgets, chosen so that the full run fits in ~25 minutes on one (shared) CPU thread: one epoch over the
 # n triples, and at least `min_steps` steps so that small data sets get several epochs; RAHF stage 2 is a fixed

@@ -9,7 +9,7 @@ ids (tokenized beforehand, outside the timing), through the same ``forward_until
 Per repeat both run once, the order alternating, after an untimed warm-up of each; medians; the ratio is the median
 over repeats of fit / bare (paired). Then one instrumented fit (timers patched around the named steps by this script
 only) and a torch.profiler op table say where the time beyond the forward passes goes; the FLOP-modelled ratio
-(``dspa_lite.flops``) of these very passes and encodes, and of a fit at Gemma-2-2B's shape, is printed for comparison.
+(``dspa_lite.evaluation.flops``) of these very passes and encodes, and of a fit at Gemma-2-2B's shape, is printed for comparison.
 Written to benchmarks/RESULTS.md and benchmarks/results/fit_cost[_quick].json.
 
     OMP_NUM_THREADS=1 python benchmarks/fit_cost.py            # N = 250, 1000; 7 repeats (~5 min on 2 CPU cores)
@@ -31,13 +31,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
-import dspa_lite.dspa as dspa_mod  # noqa: E402
-import dspa_lite.features as feat_mod  # noqa: E402
-from dspa_lite import flops, toyworld  # noqa: E402
-from dspa_lite.cdmap import CDMap, CDMapConfig  # noqa: E402
-from dspa_lite.dspa import fit_cdmap  # noqa: E402
-from dspa_lite.features import batches, encode_texts  # noqa: E402
-from dspa_lite.hooks import forward_until  # noqa: E402
+import dspa_lite.method.dspa as dspa_mod  # noqa: E402
+import dspa_lite.method.features as feat_mod  # noqa: E402
+from dspa_lite import toyworld  # noqa: E402
+from dspa_lite.evaluation import flops
+from dspa_lite.method.cdmap import CDMap, CDMapConfig  # noqa: E402
+from dspa_lite.method.dspa import fit_cdmap  # noqa: E402
+from dspa_lite.method.features import batches, encode_texts  # noqa: E402
+from dspa_lite.method.hooks import forward_until  # noqa: E402
 
 FULL = dict(sizes=(250, 1000), repeats=7)
 QUICK = dict(sizes=(100, 250), repeats=3)
@@ -243,7 +244,7 @@ def main() -> None:
           "patched around the named steps by this script):", "",
           "| step | s | share of the fit | calls |", "|---|---|---|---|", steps, "",
           f"torch.profiler, top ops by self CPU time (one more fit): {ops}.", "",
-          "*FLOP-modelled ratio*: matmul FLOPs (dspa_lite.flops) of exactly these padded passes to l_out plus the "
+          "*FLOP-modelled ratio*: matmul FLOPs (dspa_lite.evaluation.flops) of exactly these padded passes to l_out plus the "
           f"fit's SAE encodes (sae_out on every response token of both sides, sae_in on the prompts' own tokens) and "
           f"the map, over the passes' alone. On the toy the SAEs are 8x the model's width and the passes stop after "
           f"{world.l_out + 1} of {world.model.config.num_hidden_layers} layers, so the encodes and the map alone are "
@@ -251,7 +252,7 @@ def main() -> None:
           f"{mt['sae_in_encode'] / 1e9:.1f} + {mt['map'] / 1e9:.1f} GFLOP against {mt['forward_to_l_out'] / 1e9:.1f}); "
           "the rest of the measured excess is per-call work that does not grow with the model (tokenizing with the "
           f"chat template, per-row Python). At Gemma-2-2B's shape (1000 triples of 256 + 256 tokens, 16k SAEs at "
-          f"layers 12/20; dspa_lite.flops.dspa_fit) the modelled ratio is {m['ratio']:.3f}x.", "",
+          f"layers 12/20; dspa_lite.evaluation.flops.dspa_fit) the modelled ratio is {m['ratio']:.3f}x.", "",
           f"Run time: {data['seconds'] / 60:.1f} min."]
     _report.publish("fit_cost_quick" if args.quick else "fit_cost", md, data, args.json)
 

@@ -41,9 +41,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from dspa_lite import flops
-from dspa_lite.formats import atomic_write
-from dspa_lite.profiles import PROFILES, Profile
+from dspa_lite.evaluation import flops
+from dspa_lite.evaluation.formats import atomic_write
+from dspa_lite.loading.profiles import PROFILES, Profile
 
 MT_BENCH_URL = "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data/mt_bench/question.jsonl"
 ALPACA_REPO, ALPACA_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval.json"
@@ -211,7 +211,7 @@ CATEGORY_ORDER = ("writing", "roleplay", "stem", "humanities", "reasoning", "mat
 
 def estimate(args, profile: Profile, gpu: str, prompt_tokens: int = 150, response_tokens: int = 350,
              measured_step: dict | None = None) -> dict[str, float]:
-    """Seconds per stage on ``gpu``: fitting from its FLOPs (``dspa_lite.flops``), decoding from bytes read per
+    """Seconds per stage on ``gpu``: fitting from its FLOPs (``dspa_lite.evaluation.flops``), decoding from bytes read per
     step plus a fixed overhead (or ``measured_step`` seconds), lm-eval from its forward FLOPs."""
     _, tflops, bandwidth = GPUS[gpu]
     a, shape = ASSUME, flops.ModelShape.preset("gemma-2-2b")  # gemma-2-2b and -it share the architecture
@@ -255,7 +255,7 @@ def triple_lengths(path: Path) -> tuple[int, int]:
     """Mean prompt and response tokens of saved triples (characters / 4), or the assumed 150 + 350."""
     if not path.exists():
         return 150, 350
-    from dspa_lite.data import read_jsonl
+    from dspa_lite.loading.data import read_jsonl
 
     rows = read_jsonl(path)
     c = ASSUME["chars_per_token"]
@@ -314,7 +314,7 @@ class Session:
         if self._loaded is None:
             import torch
 
-            from dspa_lite import models
+            from dspa_lite.loading import models
 
             if torch.cuda.is_available():
                 have = torch.cuda.get_device_properties(0).total_memory / 1e9
@@ -329,14 +329,14 @@ class Session:
         return self._loaded
 
     def cdmap(self):
-        from dspa_lite.cdmap import CDMap
+        from dspa_lite.method.cdmap import CDMap
 
         return CDMap.load(self.layout.path("fit"))
 
     def methods(self) -> dict:
         if self._methods is None:
             from dspa_lite import DSPA
-            from dspa_lite.baselines import StaticSAE, Unsteered
+            from dspa_lite.method.baselines import StaticSAE, Unsteered
 
             model, tok, sae_in, sae_out = self.loaded
             cdmap, a = self.cdmap(), self.args
@@ -347,7 +347,7 @@ class Session:
 
 
 def run_triples(s: Session) -> dict:
-    from dspa_lite.data import load_preferences, write_jsonl
+    from dspa_lite.loading.data import load_preferences, write_jsonl
 
     a = s.args
     source = a.data or "ultrafeedback"
@@ -358,8 +358,8 @@ def run_triples(s: Session) -> dict:
 
 def run_fit(s: Session) -> dict:
     from dspa_lite import fit_cdmap
-    from dspa_lite.cdmap import CDMapConfig
-    from dspa_lite.data import read_jsonl
+    from dspa_lite.loading.data import read_jsonl
+    from dspa_lite.method.cdmap import CDMapConfig
 
     model, tok, sae_in, sae_out = s.loaded
     triples = read_jsonl(s.layout.path("triples"))
@@ -382,7 +382,7 @@ def _timed_generate(method, prompts, n_new: int, tokenizer) -> tuple[float, int]
 
 def run_calibrate(s: Session) -> dict:
     """Seconds per decoding step for each method: two greedy batches of different lengths, differenced."""
-    from dspa_lite.data import read_jsonl
+    from dspa_lite.loading.data import read_jsonl
 
     _, tok, _, _ = s.loaded
     prompts = [t.prompt for t in read_jsonl(s.layout.path("triples"))][: s.args.batch_size]
@@ -418,7 +418,7 @@ def _fetch(source: str) -> str:
 
 
 def run_questions(s: Session) -> dict:
-    from dspa_lite.formats import read_mt_bench_questions
+    from dspa_lite.evaluation.formats import read_mt_bench_questions
 
     path = s.layout.path("questions")
     tmp = path.with_name(".question.jsonl.check")
@@ -451,7 +451,7 @@ def _cap_rate(tokenizer, texts: list[str], cap: int) -> float:
 
 
 def run_mt_bench(s: Session, method: str) -> dict:
-    from dspa_lite.formats import generate_mt_bench_answers, read_mt_bench_questions, write_mt_bench_answers
+    from dspa_lite.evaluation.formats import generate_mt_bench_answers, read_mt_bench_questions, write_mt_bench_answers
 
     _, tok, _, _ = s.loaded
     a, m = s.args, s.methods()[method]
@@ -467,7 +467,7 @@ def run_mt_bench(s: Session, method: str) -> dict:
 def write_alpaca(path: Path, instructions: list[str], outputs: list[str], generator: str, datasets: list) -> None:
     """AlpacaEval ``model_outputs``: a JSON list of ``{instruction, output, generator, dataset?}``."""
     try:
-        from dspa_lite.formats import write_alpaca_outputs
+        from dspa_lite.evaluation.formats import write_alpaca_outputs
     except ImportError:  # an older dspa-lite: the documented format, written here
         rows = [{"instruction": i, "output": o, "generator": generator, **({"dataset": d} if d else {})}
                 for i, o, d in zip(instructions, outputs, datasets, strict=True)]
@@ -492,10 +492,10 @@ def run_lm_eval_stage(s: Session, method: str) -> dict | None:
     try:
         import lm_eval  # noqa: F401
 
-        from dspa_lite.lmeval import run_lm_eval, task_scores
+        from dspa_lite.evaluation.lmeval import run_lm_eval, task_scores
     except ImportError as e:
         log(f"skipped lm_eval:{method}: {e}. Install lm-eval (pip install 'lm-eval>=0.4.5,<0.5') and a dspa-lite with "
-            "dspa_lite.lmeval, then rerun with the same --out (the finished stages are kept)")
+            "dspa_lite.evaluation.lmeval, then rerun with the same --out (the finished stages are kept)")
         return None
     model, tok, _, _ = s.loaded
     a = s.args
@@ -528,7 +528,7 @@ def run_stage(s: Session, stage: str) -> dict | None:
 
 
 def summarize(args, layout: Layout) -> dict:
-    from dspa_lite.evals import text_metrics
+    from dspa_lite.evaluation.evals import text_metrics
 
     out: dict = {"generation": {}, "lm_eval": {}, "seconds": {}, "files": {}}
     for stage in stage_names(args):
@@ -543,7 +543,7 @@ def summarize(args, layout: Layout) -> dict:
             out["lm_eval"][method] = read_json(path)["scores"]
             continue
         if kind == "mt_bench":
-            from dspa_lite.formats import read_mt_bench_answers
+            from dspa_lite.evaluation.formats import read_mt_bench_answers
 
             texts = [t for ans in read_mt_bench_answers(path) for t in ans.turns]
         else:
@@ -586,7 +586,7 @@ def print_tables(summary: dict, args, layout: Layout) -> None:
     print(f"  AlpacaEval (DSPA against the unsteered model, on the {args.alpaca_n}-instruction subset):\n"
           f"    alpaca_eval --model_outputs {alp / (layout.model_id('dspa') + '.json')} "
           f"--reference_outputs {alp / (layout.model_id('none') + '.json')}")
-    print("  or any OpenAI-compatible judge: dspa_lite.judges (see book chapter 08)")
+    print("  or any OpenAI-compatible judge: dspa_lite.evaluation.judges (see book chapter 08)")
 
 
 # --- main ----------------------------------------------------------------------------------------------------
@@ -634,12 +634,12 @@ def main(argv=None, profile: Profile | None = None) -> int:
         if args.json:
             print(json.dumps({"dry_run": True, **p}, default=str))
         return 0
-    from dspa_lite.data import DataError
-    from dspa_lite.models import ModelLoadError
+    from dspa_lite.loading.data import DataError
+    from dspa_lite.loading.hub import ModelLoadError
 
     errors: tuple = (ModelLoadError, DataError, RunError, OSError)
     try:
-        from dspa_lite.formats import FormatError
+        from dspa_lite.evaluation.formats import FormatError
 
         errors += (FormatError,)
     except ImportError:

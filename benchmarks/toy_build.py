@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
-from dspa_lite import toystore as store  # noqa: E402
+from dspa_lite.toyworld import store as store  # noqa: E402
 
 
 def run(*args: str, cache: str) -> tuple[dict, float]:

@@ -23,11 +23,11 @@ sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
 from dspa_lite import toyworld  # noqa: E402
-from dspa_lite.audit import audit_steerer  # noqa: E402
-from dspa_lite.baselines import CAA, StaticSAE, mean_difference  # noqa: E402
-from dspa_lite.cdmap import CDMapConfig  # noqa: E402
-from dspa_lite.dspa import DSPA  # noqa: E402
-from dspa_lite.experiment import DEFAULTS, build_methods, compare, fit_maps  # noqa: E402
+from dspa_lite.evaluation.experiment import DEFAULTS, build_methods, compare, fit_maps  # noqa: E402
+from dspa_lite.method.baselines import CAA, StaticSAE, mean_difference  # noqa: E402
+from dspa_lite.method.cdmap import CDMapConfig  # noqa: E402
+from dspa_lite.method.dspa import DSPA  # noqa: E402
+from dspa_lite.toyworld.audit import audit_steerer  # noqa: E402
 
 FRONTIER = [("ablate", 64, 0.0), ("augment", 16, 3.0), ("augment", 64, 3.0), ("augment", 64, 6.0),
             ("augment", 64, 10.0), ("augment", 128, 6.0), ("both", 64, 6.0)]

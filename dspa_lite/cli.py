@@ -11,9 +11,9 @@ import json
 import sys
 import time
 
-from .config import ConfigError
-from .judges import JudgeError
-from .toystore import WorldError
+from .evaluation.judges import JudgeError
+from .loading.config import ConfigError
+from .toyworld.store import WorldError
 
 __all__ = ["main"]
 
@@ -53,9 +53,9 @@ def _world(profile: str):
 
 
 def cmd_fit(args) -> dict:
-    from .cdmap import CDMapConfig
-    from .data import read_jsonl
-    from .dspa import fit_cdmap
+    from .loading.data import read_jsonl
+    from .method.cdmap import CDMapConfig
+    from .method.dspa import fit_cdmap
 
     world = _world(args.profile)
     triples = read_jsonl(args.triples) if args.triples else world.triples("train")
@@ -72,8 +72,8 @@ def cmd_fit(args) -> dict:
 
 
 def cmd_generate(args) -> dict:
-    from .cdmap import CDMap
-    from .dspa import DSPA
+    from .method.cdmap import CDMap
+    from .method.dspa import DSPA
 
     world = _world(args.profile)
     cdmap = CDMap.load(args.map)
@@ -96,7 +96,7 @@ def cmd_generate(args) -> dict:
 
 
 def cmd_eval(args) -> dict:
-    from .experiment import build_methods, compare
+    from .evaluation.experiment import build_methods, compare
 
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.judge == "endpoint":
@@ -112,7 +112,7 @@ def cmd_eval(args) -> dict:
 
 
 def _endpoint_judge(args):
-    from .judges import Judge, JudgeConfig
+    from .evaluation.judges import Judge, JudgeConfig
 
     overrides = dict(base_url=args.judge_base_url, model=args.judge_model, max_retries=args.judge_max_retries,
                      cache_path=args.judge_cache)
@@ -121,8 +121,8 @@ def _endpoint_judge(args):
 
 def _endpoint_eval(world, methods: dict, judge, args) -> dict:
     """AlpacaEval-style: each method's output against the unsteered one, judged by the endpoint (seed 0)."""
-    from .experiment import MAX_NEW_TOKENS
-    from .judges import win_rate
+    from .evaluation.experiment import MAX_NEW_TOKENS
+    from .evaluation.judges import win_rate
 
     prompts = world.prompts("test", args.n_prompts)
     outputs = {name: m.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=0, batch_size=50)
@@ -137,13 +137,13 @@ def _endpoint_eval(world, methods: dict, judge, args) -> dict:
 
 
 def cmd_flops(args) -> dict:
-    from .flops import cli_report
+    from .evaluation.flops import cli_report
 
     return cli_report(args.model, args.measure)
 
 
 def _steer_args(p: argparse.ArgumentParser) -> None:
-    from .experiment import DEFAULTS
+    from .evaluation.experiment import DEFAULTS
 
     p.add_argument("--mode", default=DEFAULTS["mode"], choices=("ablate", "augment", "both"))
     p.add_argument("--k", type=int, default=DEFAULTS["k"], help="latents per set (K_neg, K_pos)")

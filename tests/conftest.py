@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dspa_lite import toyworld
-from dspa_lite.config import seed_everything
+from dspa_lite.loading.config import seed_everything
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +20,6 @@ def world():
 
 @pytest.fixture(scope="session")
 def cdmap(world):
-    from dspa_lite.experiment import fit_maps
+    from dspa_lite.evaluation.experiment import fit_maps
 
     return fit_maps(world)

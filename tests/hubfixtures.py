@@ -1,6 +1,6 @@
 """Tiny stand-ins for hub downloads, written in the hub's exact on-disk layout (helpers, not tests).
 
-Nothing can be downloaded here, so the real loading code (``dspa_lite.models``) is exercised on:
+Nothing can be downloaded here, so the real loading code (``dspa_lite.loading.models``) is exercised on:
 
 - :func:`gemma2_checkpoint`: a random-weight ``Gemma2ForCausalLM`` folder as ``google/gemma-2-2b-it``
   ships it: ``config.json`` with the keys of the hub's file (written by transformers 4.42, so with
@@ -252,8 +252,8 @@ def fill_hub_cache(cache: Path, repo_id: str, checkpoint: Path) -> Path:
 @torch.no_grad()
 def residuals(model, tokenizer, layer: int, texts: list[str] | None = None) -> torch.Tensor:
     """Output residuals of ``layer`` on chat-formatted preference texts, ``(n_tokens, d_model)`` in float32."""
-    from dspa_lite.generation import format_prompts
-    from dspa_lite.hooks import forward_until
+    from dspa_lite.method.generation import format_prompts
+    from dspa_lite.method.hooks import forward_until
 
     rows = preference_rows(8)
     texts = texts or [p + r["chosen"][1]["content"] for r, p in

@@ -1,7 +1,7 @@
 import torch
 
 from dspa_lite import generate
-from dspa_lite.baselines import CAA, StaticSAE, Unsteered, mean_difference
+from dspa_lite.method.baselines import CAA, StaticSAE, Unsteered, mean_difference
 
 
 def test_static_uses_one_global_set(world, cdmap):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scripts import load_script
 
-from dspa_lite.flops import KNOWN_MODELS, ModelShape
+from dspa_lite.evaluation.flops import KNOWN_MODELS, ModelShape
 
 # google/gemma-2-2b config.json (the fields that set its shape and arithmetic)
 GEMMA_2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,

@@ -1,4 +1,4 @@
-"""Tests for dspa_lite.cdmap: parity with loop references, invariants, validation, and safe save/load."""
+"""Tests for dspa_lite.method.cdmap: parity with loop references, invariants, validation, and safe save/load."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from dspa_lite import cdmap
-from dspa_lite.cdmap import (
+from dspa_lite.method import cdmap
+from dspa_lite.method.cdmap import (
     CDMap,
     CDMapConfig,
     CDMapFileError,

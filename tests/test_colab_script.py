@@ -15,9 +15,9 @@ import pytest
 import torch
 from scripts import load_script
 
-from dspa_lite import models
-from dspa_lite.formats import read_alpaca_outputs, read_mt_bench_answers
-from dspa_lite.profiles import get_profile
+from dspa_lite.evaluation.formats import read_alpaca_outputs, read_mt_bench_answers
+from dspa_lite.loading import models
+from dspa_lite.loading.profiles import get_profile
 
 
 @pytest.fixture(scope="module")

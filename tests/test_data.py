@@ -1,4 +1,4 @@
-"""Tests for dspa_lite.data: triples, JSONL files, data hashes, nested subsets, local `datasets` loading.
+"""Tests for dspa_lite.loading.data: triples, JSONL files, data hashes, nested subsets, local `datasets` loading.
 
 Everything is local: `datasets` folders are built with `Dataset.from_list` in tmp_path, and the
 hub test runs with HF_HUB_OFFLINE=1 against an empty cache.
@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from dspa_lite import data
-from dspa_lite.data import DataError, PreferenceTriple, data_hash, load_preferences, read_jsonl, subsets, write_jsonl
+from dspa_lite.loading.data import DataError, PreferenceTriple, data_hash, load_preferences, read_jsonl, subsets, write_jsonl
 
 datasets = pytest.importorskip("datasets")  # imported before any env change, as in a notebook
 
@@ -284,24 +283,3 @@ def test_unreachable_hub_gives_one_clear_error(offline_hub, name, repo):
     assert datasets.config.HF_HUB_OFFLINE == offline_before  # the switch was undone
     if name == "ultrafeedback":
         assert "train_prefs" in msg
-
-
-# --- apply_chat ---------------------------------------------------------------------------------
-
-
-def _tokenizer(template: str | None):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
-    fast.chat_template = template
-    return fast
-
-
-def test_apply_chat_uses_template_or_falls_back():
-    template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
-                "{% if add_generation_prompt %}<assistant>{% endif %}")
-    assert data.apply_chat(_tokenizer(template), "Explain tides") == "<user>Explain tides</s><assistant>"
-    assert data.apply_chat(_tokenizer(None), "Explain tides") == "Explain tides"

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from dspa_lite import DSPA, generate
-from dspa_lite.cdmap import CDMap
-from dspa_lite.dspa import LatentEdit, fit_cdmap, masks_from, sae_layer
-from dspa_lite.hooks import decoder_layers
+from dspa_lite.method.cdmap import CDMap
+from dspa_lite.method.dspa import LatentEdit, fit_cdmap, masks_from
+from dspa_lite.method.hooks import decoder_layers
+from dspa_lite.method.saes import sae_layer
 
 
 def _hook_counts(model):
@@ -114,8 +115,10 @@ def test_bad_inputs(world, cdmap):
         DSPA(W.model, W.tokenizer, W.sae_in, W.sae_out, cdmap, k=5000)
     with pytest.raises(ValueError, match="mode='shout'"):
         DSPA(W.model, W.tokenizer, W.sae_in, W.sae_out, cdmap, mode="shout")
-    with pytest.raises(ValueError, match="l_out=1 must be greater than l_in=2"):
+    with pytest.raises(ValueError, match=r"sae_in reads layer 1 .* but is used at layer 2: are sae_in and sae_out"):
         fit_cdmap(W.model, W.tokenizer, W.sae_in, W.sae_out, W.triples("train")[:4], l_in=2, l_out=1)
+    with pytest.raises(ValueError, match="sae_in reads layer 2"):  # swapped SAEs with the right layers
+        fit_cdmap(W.model, W.tokenizer, W.sae_out, W.sae_in, W.triples("train")[:4], l_in=1, l_out=2)
     with pytest.raises(ValueError, match="layer 9 is out of range"):
         fit_cdmap(W.model, W.tokenizer, W.sae_in, W.sae_out, W.triples("train")[:4], l_in=1, l_out=9)
     wrong = copy.deepcopy(W.sae_out)
@@ -135,7 +138,7 @@ def test_map_refuses_the_wrong_sae(world, cdmap, tmp_path):
 
 
 def test_nan_activations_are_a_clear_error(world, cdmap):
-    from dspa_lite.hooks import edit
+    from dspa_lite.method.hooks import edit
 
     steerer = DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, k=4)
     before = _hook_counts(world.model)

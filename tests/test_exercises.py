@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dspa_lite import exercises as ex
-from dspa_lite import toylang as L
-from dspa_lite.cdmap import estimate_map, prompt_scores
+from dspa_lite.method.cdmap import estimate_map, prompt_scores
+from dspa_lite.notebook import exercises as ex
+from dspa_lite.toyworld import language as L
 
 
 def good_share(prompt, response):

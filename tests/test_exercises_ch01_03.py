@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dspa_lite import exercises as ex
-from dspa_lite.cdmap import select_latents
+from dspa_lite.method.cdmap import select_latents
+from dspa_lite.notebook import exercises as ex
 
 
 # ---------------------------------------------------------------- check_fve (chapter 01)
@@ -26,8 +26,8 @@ def test_fve(wrong, message):
 
 
 def test_fve_agrees_with_sae_stats(world):
-    """The check's formula is the one dspa_lite.sae.sae_stats uses."""
-    from dspa_lite.sae import sae_stats
+    """The check's formula is the one dspa_lite.loading.sae.sae_stats uses."""
+    from dspa_lite.method.saes import sae_stats
 
     x = torch.randn(64, world.sae_out.cfg.d_in) * 2 + 1
     r = world.sae_out.decode(world.sae_out.encode(x))
@@ -86,8 +86,8 @@ def good_score(d, s):
 
 def test_static_sets_agree_with_static_sae(world):
     """The check's rule is the one StaticSAE uses on a map's delta statistics."""
-    from dspa_lite.baselines import StaticSAE
-    from dspa_lite.cdmap import CDMap
+    from dspa_lite.method.baselines import StaticSAE
+    from dspa_lite.method.cdmap import CDMap
 
     m_in, m_out = world.sae_in.cfg.d_sae, world.sae_out.cfg.d_sae
     g = torch.Generator().manual_seed(0)

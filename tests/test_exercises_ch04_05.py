@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dspa_lite import exercises as ex
-from dspa_lite.cdmap import estimate_map
+from dspa_lite.method.cdmap import estimate_map
+from dspa_lite.notebook import exercises as ex
 
 
 def test_delta():

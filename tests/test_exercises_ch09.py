@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dspa_lite import exercises
-from dspa_lite.flops import ModelShape, forward_flops
+from dspa_lite.evaluation.flops import ModelShape, forward_flops
+from dspa_lite.notebook import exercises
 
 
 def _layer_and_head(c, B, T):

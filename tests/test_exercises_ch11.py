@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from dspa_lite import exercises as ex
-from dspa_lite.data import subsets
+from dspa_lite.loading.data import subsets
+from dspa_lite.notebook import exercises as ex
 
 
 def nested(triples, sizes, seed):

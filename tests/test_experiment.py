@@ -2,7 +2,7 @@
 
 import pytest
 
-from dspa_lite.experiment import build_methods, compare
+from dspa_lite.evaluation.experiment import build_methods, compare
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_recorded_run_reads_the_repository_then_says_what_to_do(tmp_path):
 
     import pytest
 
-    from dspa_lite.experiment import recorded_run
+    from dspa_lite.evaluation.experiment import recorded_run
 
     results = tmp_path / "repo" / "benchmarks" / "results"
     results.mkdir(parents=True)
@@ -52,7 +52,6 @@ def test_recorded_run_reads_the_repository_then_says_what_to_do(tmp_path):
 
 
 def test_style_colors_cover_every_style():
-    from dspa_lite import toylang
-
-    assert set(toylang.STYLE_COLORS) == set(toylang.STYLES) | {"other"}
-    assert len(set(toylang.STYLE_COLORS.values())) == len(toylang.STYLE_COLORS)
+    from dspa_lite.toyworld import language
+    assert set(language.STYLE_COLORS) == set(language.STYLES) | {"other"}
+    assert len(set(language.STYLE_COLORS.values())) == len(language.STYLE_COLORS)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from dspa_lite.features import encode_texts, pool, prompt_features, triple_features
-from dspa_lite.hooks import decoder_layers
+from dspa_lite.method.features import encode_texts, pool, prompt_features, triple_features
+from dspa_lite.method.hooks import decoder_layers
 
 
 def test_content_positions_exclude_template(world):

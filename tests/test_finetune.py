@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from dspa_lite import finetune as ft
-from dspa_lite.flops import measure
-from dspa_lite.hooks import decoder_layers
+from dspa_lite.evaluation import finetune as ft
+from dspa_lite.evaluation.flops import measure
+from dspa_lite.method.hooks import decoder_layers
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import Gemma2Config, Qwen3Config, Qwen3ForCausalLM
 
-from dspa_lite import flops
-from dspa_lite.flops import KNOWN_MODELS, ModelShape, forward_flops
+from dspa_lite.evaluation import flops
+from dspa_lite.evaluation.flops import KNOWN_MODELS, ModelShape, forward_flops
 
 COMPONENTS = ("forward", "forward_until_l_out", "sae_in_encode", "sae_out_encode", "dspa_fit_pass", "train_step",
               "lora_step", "decode_step", "decode_edit")
@@ -168,8 +168,8 @@ def test_cli_report():
 
 
 def test_flop_settings_follow_the_profiles():
-    from dspa_lite.flops import SETTINGS
-    from dspa_lite.profiles import PROFILES
+    from dspa_lite.evaluation.flops import SETTINGS
+    from dspa_lite.loading.profiles import PROFILES
 
     for name, s in SETTINGS.items():
         p, shape = PROFILES[name], KNOWN_MODELS[name]

@@ -1,4 +1,4 @@
-"""dspa_lite.formats: MT-Bench / AlpacaEval files (checked against the official readers) and multi-turn generation."""
+"""dspa_lite.evaluation.formats: MT-Bench / AlpacaEval files (checked against the official readers) and multi-turn generation."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 
-from dspa_lite import formats
-from dspa_lite.formats import (
+from dspa_lite.evaluation import formats
+from dspa_lite.evaluation.formats import (
     MT_BENCH_TEMPERATURES,
     FormatError,
     MTBenchAnswer,
@@ -32,8 +32,8 @@ from dspa_lite.formats import (
     write_alpaca_outputs,
     write_mt_bench_answers,
 )
-from dspa_lite.generation import generate
-from dspa_lite.hooks import edit
+from dspa_lite.method.generation import generate
+from dspa_lite.method.hooks import edit
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]  # ids as Gemma2Config's defaults
 WORDS = ("user model the a cat dog sat on mat sun moon red blue green big small happy sad run tree house sky rain "

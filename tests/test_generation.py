@@ -1,4 +1,4 @@
-"""Tests for dspa_lite.generation on a tiny random Gemma-2 and a word-level tokenizer with a chat template."""
+"""Tests for dspa_lite.method.generation on a tiny random Gemma-2 and a word-level tokenizer with a chat template."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 
-from dspa_lite.generation import format_prompts, generate
-from dspa_lite.hooks import edit
+from dspa_lite.method.generation import format_prompts, generate
+from dspa_lite.method.hooks import edit
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]  # ids 0..5, as Gemma2Config
 # fmt: off
@@ -251,3 +251,24 @@ def test_progress_bar_goes_to_stderr(
     assert "generate" in captured.err
     assert "2/2" in captured.err
     assert captured.out == ""
+
+
+# --- format_prompts ------------------------------------------------------------------------------
+
+
+def _tokenizer(template: str | None):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hi": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.chat_template = template
+    return fast
+
+
+def test_format_prompts_uses_template_or_falls_back():
+    template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+                "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert format_prompts(_tokenizer(template), ["Explain tides"])[0] == "<user>Explain tides</s><assistant>"
+    assert format_prompts(_tokenizer(None), ["Explain tides"])[0] == "Explain tides"

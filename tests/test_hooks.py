@@ -1,4 +1,4 @@
-"""Tests for dspa_lite.hooks on a tiny random Gemma-2 and on a 4.x-style model whose layers return tuples."""
+"""Tests for dspa_lite.method.hooks on a tiny random Gemma-2 and on a 4.x-style model whose layers return tuples."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
-from dspa_lite.hooks import capture, check_layer, decoder_layers, edit, forward_until
+from dspa_lite.method.hooks import capture, check_layer, decoder_layers, edit, forward_until
 
 N_LAYERS, D_MODEL = 3, 32
 

@@ -1,4 +1,4 @@
-"""dspa_lite.judges against real OpenAI-style HTTP servers on 127.0.0.1 (http.server in a thread, no mocks)."""
+"""dspa_lite.evaluation.judges against real OpenAI-style HTTP servers on 127.0.0.1 (http.server in a thread, no mocks)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dspa_lite.judges import (
+from dspa_lite.evaluation.judges import (
     Judge,
     JudgeConfig,
     JudgeError,

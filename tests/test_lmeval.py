@@ -1,4 +1,4 @@
-"""dspa_lite.lmeval on a tiny random Gemma-2, a word-level tokenizer and a local multiple-choice task YAML.
+"""dspa_lite.evaluation.lmeval on a tiny random Gemma-2, a word-level tokenizer and a local multiple-choice task YAML.
 
 The DSPA here is the real class on stand-in SAEs (a ReLU encoder with the attributes dspa_lite reads
 from an sae-lens SAE), because importing sae-lens costs more than this whole file's budget. Only the
@@ -16,15 +16,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 
 from dspa_lite import DSPA
-from dspa_lite.cdmap import CDMap, CDMapConfig
-from dspa_lite.dspa import model_id
-from dspa_lite.hooks import decoder_layers, edit
-from dspa_lite.sae import sae_id
+from dspa_lite.method.cdmap import CDMap, CDMapConfig
+from dspa_lite.method.hooks import decoder_layers, edit
+from dspa_lite.method.saes import model_id, sae_id
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from dspa_lite.lmeval import STANDARD_TASKS, _steered_hflm, run_lm_eval, task_scores  # noqa: E402
+from dspa_lite.evaluation.lmeval import STANDARD_TASKS, _steered_hflm, run_lm_eval, task_scores  # noqa: E402
 
 WORDS = ("Question: Answer: what colour is the sky grass snow sun night blue green white yellow black red cat dog "
          "sat on mat a big small which animal barks meows").split()

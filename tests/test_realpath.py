@@ -16,16 +16,15 @@ import pytest
 import torch
 
 import dspa_lite
-from dspa_lite import models
-from dspa_lite.config import ConfigError
-from dspa_lite.data import load_preferences
-from dspa_lite.dspa import LatentEdit, sae_layer
-from dspa_lite.evals import text_metrics
-from dspa_lite.features import encode_texts, prompt_features
-from dspa_lite.hooks import edit
-from dspa_lite.models import ModelLoadError
-from dspa_lite.profiles import PROFILES, get_profile, registry_ids
-from dspa_lite.sae import sae_id
+from dspa_lite.evaluation.evals import text_metrics
+from dspa_lite.loading import models
+from dspa_lite.loading.data import load_preferences
+from dspa_lite.loading.hub import ModelLoadError
+from dspa_lite.loading.profiles import PROFILES, ConfigError, Profile, get_profile, registry_ids
+from dspa_lite.method.dspa import LatentEdit
+from dspa_lite.method.features import encode_texts, prompt_features
+from dspa_lite.method.hooks import edit
+from dspa_lite.method.saes import sae_id, sae_layer
 
 ARCHS = {"gemma": ("gemma-2-2b-it", hf.gemma2_checkpoint, "Gemma2ForCausalLM"),
          "qwen": ("qwen3-8b", hf.qwen3_checkpoint, "Qwen3ForCausalLM")}
@@ -174,15 +173,15 @@ def test_gated_and_out_of_memory(monkeypatch, offline):
 def test_sae_for_another_model_or_layer(hub, tmp_path):
     wrong_model = hf.gemma_scope_sae(tmp_path / "2b-sae", 20, d_in=2304, d_sae=8)
     with pytest.raises(ModelLoadError, match=r"SAE expects d_in=2304 but layer 20 of gemma-2-9b has hidden size "
-                                             r"3584: did you pass the SAE for gemma-2-2b / gemma-2-2b-it\?"):
+                                             r"3584: is it an SAE for another model\? Did you pass the SAE for gemma-2-2b / gemma-2-2b-it\?"):
         models.load_sae(get_profile("gemma-2-9b").with_paths(sae_paths={20: wrong_model}), 20, device="cpu")
     model, _ = models.load(hub["gemma"], device="cpu")
     narrow = hf.gemma_scope_sae(tmp_path / "narrow", L_IN, d_in=32)
     with pytest.raises(ModelLoadError, match=r"SAE expects d_in=32 but layer 1 of gemma-2-2b-it has hidden size 64"):
         models.load_sae(hub["gemma"].with_paths(sae_paths={L_IN: narrow}), L_IN, model=model)
     swapped = hub["gemma"].with_paths(sae_paths={L_IN: hub["gemma"].sae_path(L_OUT)})
-    with pytest.raises(ModelLoadError, match=r"reads layer 2 \(hook 'blocks.2.hook_resid_post'\) but was loaded as "
-                                             r"the SAE of layer 1"):
+    with pytest.raises(ModelLoadError, match=r"reads layer 2 \(hook 'blocks.2.hook_resid_post'\) but is used at "
+                                             r"layer 1: .* Check the layer keys of sae_paths"):
         models.load_sae(swapped, L_IN, model=model)
     with pytest.raises(ModelLoadError, match=r"no SAE at .*missing"):
         models.load_sae(hub["gemma"].with_paths(sae_paths={L_IN: tmp_path / "nothing"}), L_IN)
@@ -275,7 +274,7 @@ def test_tiny_profile_loads_the_toy_world(hub, monkeypatch):
     sae_in = models.load_sae(hub["gemma"], L_IN, model=model)
     sae_out = models.load_sae(hub["gemma"], L_OUT, model=model)
     world = types.SimpleNamespace(model=model, tokenizer=tok, sae_in=sae_in, sae_out=sae_out, l_in=L_IN, l_out=L_OUT)
-    monkeypatch.setattr(models, "_toyworld", lambda: world)
+    monkeypatch.setattr(Profile, "builtin_world", lambda self: world)
     tiny = dataclasses.replace(get_profile("tiny"), d_model=hf.D_MODEL)
     assert models.load_all(tiny, device="cpu") == (model, tok, sae_in, sae_out)
     assert models.load_sae(tiny, L_OUT, model=model) is sae_out
@@ -311,7 +310,7 @@ def test_gemma_trimmed_prompt_content_positions(hub):
 
 def test_wide_sae_maps_are_factored_and_steer_identically(hub, monkeypatch):
     """Qwen-Scope's 64k SAEs make a dense map larger than the model: above DENSE_MAX_ENTRIES it stays factored."""
-    from dspa_lite import cdmap as cdmap_module
+    from dspa_lite.method import cdmap as cdmap_module
 
     model, tok, sae_in, sae_out = models.load_all(hub["qwen"], device="cpu")
     triples = load_preferences(str(hub["data"]), split="train", n=12, seed=0)

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from dspa_lite import toylang as L
+from dspa_lite.toyworld import language as L
 
 J = L.Judge()
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dspa_lite import toystore as store
 from dspa_lite import toyworld as T
-from dspa_lite.config import ConfigError
+from dspa_lite.loading.profiles import ConfigError
+from dspa_lite.toyworld import store as store
 
 
 @pytest.fixture

@@ -8,19 +8,22 @@ import sys
 import pytest
 import torch
 
-from dspa_lite import toylang as L
-from dspa_lite import toystore as store
 from dspa_lite import toyworld as T
-from dspa_lite.sae import load_from_disk
+from dspa_lite.loading.sae import load_from_disk
+from dspa_lite.toyworld import build as B
+from dspa_lite.toyworld import data as D
+from dspa_lite.toyworld import language as L
+from dspa_lite.toyworld import store as store
+from dspa_lite.toyworld import world as W
 
 # A world small enough to build twice in a test (the real one is built once per session).
 MINI = T.ToyConfig(n_corpus=1500, steps=15, sae_tokens=16_384, d_sae=128, n_triples={"train": 40, "test": 20})
 
 
 def test_tokenizer_round_trip():
-    tok = T.build_tokenizer()
-    for prompt, response in T.corpus(dataclasses.replace(T.ToyConfig(), n_corpus=50)):
-        text = T.dialogue_text(tok, prompt, response)
+    tok = B.build_tokenizer()
+    for prompt, response in D.corpus(dataclasses.replace(T.ToyConfig(), n_corpus=50)):
+        text = D.dialogue_text(tok, prompt, response)
         ids = tok(text, add_special_tokens=False).input_ids
         assert tok.unk_token_id not in ids
         assert tok.decode(ids) == text
@@ -30,16 +33,16 @@ def test_tokenizer_round_trip():
 
 def test_data_is_deterministic():
     cfg = T.ToyConfig()
-    assert T.corpus(dataclasses.replace(cfg, n_corpus=300)) == T.corpus(dataclasses.replace(cfg, n_corpus=300))
-    a, b = T.make_triples(cfg, "train"), T.make_triples(cfg, "train")
+    assert D.corpus(dataclasses.replace(cfg, n_corpus=300)) == D.corpus(dataclasses.replace(cfg, n_corpus=300))
+    a, b = D.make_triples(cfg, "train"), D.make_triples(cfg, "train")
     assert a == b and len(a) == cfg.n_triples["train"]
-    assert T.make_triples(dataclasses.replace(cfg, seed=1), "train") != a
-    assert not {t.prompt + t.chosen for t in a} & {t.prompt + t.chosen for t in T.make_triples(cfg, "test")}
+    assert D.make_triples(dataclasses.replace(cfg, seed=1), "train") != a
+    assert not {t.prompt + t.chosen for t in a} & {t.prompt + t.chosen for t in D.make_triples(cfg, "test")}
 
 
 def test_triples_follow_the_preference_rule():
     judge = L.Judge()
-    triples = T.make_triples(T.ToyConfig(), "test")
+    triples = D.make_triples(T.ToyConfig(), "test")
     wins = [judge(t.prompt, t.chosen).preferred_share > judge(t.prompt, t.rejected).preferred_share for t in triples]
     assert sum(wins) / len(wins) > 0.97
     assert {t.category for t in triples} == set(L.CATEGORIES)
@@ -47,9 +50,9 @@ def test_triples_follow_the_preference_rule():
 
 def test_model_training_is_deterministic():
     cfg = dataclasses.replace(MINI, steps=5)
-    tok = T.build_tokenizer()
-    rows = T.packed_rows(T._dialogue_ids(tok, T.corpus(cfg)), cfg.context)
-    losses = [T.train_model(cfg, T.build_model(cfg, len(tok), tok), rows, progress=False) for _ in range(2)]
+    tok = B.build_tokenizer()
+    rows = B.packed_rows(B.dialogue_ids(tok, D.corpus(cfg)), cfg.context)
+    losses = [B.train_model(cfg, W.build_model(cfg, len(tok), tok), rows, progress=False) for _ in range(2)]
     assert abs(losses[0] - losses[1]) < 1e-4, losses
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dspa_lite.widgets import compare_html, explorer, steered_trace
+from dspa_lite.notebook.widgets import compare_html, explorer, steered_trace
 
 pytest.importorskip("ipywidgets")
 

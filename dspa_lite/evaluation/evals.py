@@ -1,0 +1,117 @@
+"""Evaluation: win rate with a pluggable judge, multiple-choice log-likelihood, text metrics.
+
+On the toy world every number here is exact: the judge is :class:`dspa_lite.toyworld.language.Judge`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..method.features import batches
+from ..method.generation import format_prompts
+
+__all__ = ["judge_responses", "mcq_scores", "mcq_accuracy", "text_metrics"]
+
+
+def judge_responses(judge, prompts: Sequence[str], responses: Sequence[str]) -> dict:
+    """Exact win rate, preferred share, fluency and classifiable rate, overall and per category.
+
+    ``judge(prompt, response)`` returns a :class:`~dspa_lite.toyworld.language.Verdict`; first/later
+    segments are reported separately because token-active edits cannot reach the first one.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    groups: dict[str, list] = defaultdict(list)
+    for p, r in zip(prompts, responses):
+        groups[judge.category(p)].append(judge(p, r))
+
+    def summary(verdicts) -> dict[str, float]:
+        n = max(1, len(verdicts))
+        later = [v for v in verdicts if len(v.styles) > 1]
+        return {
+            "n": len(verdicts),
+            "preferred_share": sum(v.preferred_share for v in verdicts) / n,
+            "win_rate": sum(v.win for v in verdicts) / n,
+            "fluency": sum(v.fluency for v in verdicts) / n,
+            # share of segments whose style the judge recognises, and of responses with a dominant style
+            "classifiable_rate": sum(sum(s is not None for s in v.styles) for v in verdicts)
+            / max(1, sum(len(v.styles) for v in verdicts)),
+            "dominant_style_rate": sum(v.dominant for v in verdicts) / n,
+            "first_segment_share": sum(v.styles[0] == v.preferred for v in verdicts if v.styles) / n,
+            "later_segments_share": sum(
+                sum(s == v.preferred for s in v.styles[1:]) / (len(v.styles) - 1) for v in later
+            ) / max(1, len(later)),
+        }
+
+    out = summary([v for vs in groups.values() for v in vs])
+    out["per_category"] = {c: summary(vs) for c, vs in sorted(groups.items())}
+    return out
+
+
+@torch.no_grad()
+def mcq_scores(model, tokenizer, items, steer: Callable | None = None, batch_size: int = 32) -> list[list[float]]:
+    """Summed log-likelihood of each option (a full response) given the chat-formatted question.
+
+    ``steer(prompts, input_ids, attention_mask, start=...)`` may return a context manager that
+    edits the forward pass (as in :func:`dspa_lite.generate`). Log-likelihood scoring has no
+    generated positions; the positions whose predictions are scored play their part: ``start``
+    gives, per row, the last prompt position (it predicts the first answer token), and DSPA edits
+    it and every answer position after it, as it would while generating that answer.
+    """
+    rows, spans, owners = [], [], []
+    for i, item in enumerate(items):
+        prefix = format_prompts(tokenizer, [item.prompt])[0]
+        n_prefix = len(tokenizer(prefix, add_special_tokens=False).input_ids)
+        for option in item.options:
+            ids = tokenizer(prefix + option + (" " if not option.endswith(" ") else ""),
+                            add_special_tokens=False).input_ids
+            rows.append(ids)
+            spans.append((n_prefix, len(ids)))
+            owners.append(i)
+    scores: list[list[float]] = [[] for _ in items]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for b, ids, mask in batches(rows, batch_size, pad, model.device):
+        starts = [start - 1 for start, _ in spans[b:b + batch_size]]
+        ctx = (steer([items[o].prompt for o in owners[b:b + batch_size]], ids, mask, start=starts)
+               if steer else contextlib.nullcontext())
+        with ctx:
+            logp = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)  # (B, T, V)
+        for j, (start, end) in enumerate(spans[b:b + batch_size]):
+            tgt = ids[j, start:end]
+            scores[owners[b + j]].append(float(logp[j, start - 1:end - 1].gather(-1, tgt[:, None]).sum()))
+    return scores
+
+
+def mcq_accuracy(model, tokenizer, items, steer: Callable | None = None) -> dict:
+    """Accuracy (argmax log-likelihood), also split by whether the fact was in the training text."""
+    picks = [max(range(len(s)), key=s.__getitem__) for s in mcq_scores(model, tokenizer, items, steer)]
+    correct = [p == it.answer for p, it in zip(picks, items)]
+    out = {"accuracy": sum(correct) / max(1, len(items)), "n": len(items), "picks": picks}
+    for flag, name in ((True, "seen"), (False, "unseen")):
+        sub = [c for c, it in zip(correct, items) if getattr(it, "seen", None) is flag]
+        if sub:
+            out[f"accuracy_{name}"] = sum(sub) / len(sub)
+    return out
+
+
+def text_metrics(responses: Sequence[str], n: int = 2) -> dict[str, float]:
+    """Mean length in words, distinct-n (unique n-grams / all n-grams) and repetition rate.
+
+    >>> m = text_metrics(["a b a b", "c d"])
+    >>> m["mean_words"], round(m["distinct_2"], 2)
+    (3.0, 0.75)
+    """
+    words = [r.split() for r in responses]
+    grams = [tuple(ws[i:i + n]) for ws in words for i in range(len(ws) - n + 1)]
+    reps = [1 - len(set(ws)) / len(ws) for ws in words if ws]
+    return {
+        "mean_words": sum(map(len, words)) / max(1, len(words)),
+        f"distinct_{n}": len(set(grams)) / max(1, len(grams)),
+        "repetition_rate": sum(reps) / max(1, len(reps)),
+        "top_word_share": (Counter(w for ws in words for w in ws).most_common(1) or [("", 0)])[0][1]
+        / max(1, sum(map(len, words))),
+    }

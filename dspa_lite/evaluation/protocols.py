@@ -1,0 +1,182 @@
+"""The two judging protocols' prompts, verdict parsing and scores (used by :class:`dspa_lite.evaluation.judges.Judge`).
+
+- **Single-answer grading** (MT-Bench, Zheng et al. 2023, arXiv 2306.05685): each turn of a two-turn answer gets
+  a 1-10 score, read from ``[[score]]`` as FastChat reads it; turn 2 is judged with the whole conversation in
+  view; math, reasoning and coding questions may carry a reference answer. :func:`mt_bench_score` averages them.
+- **Pairwise comparison** (AlpacaEval, Li et al. 2023): which of two outputs follows an instruction better;
+  :func:`win_rate` counts ties as half. The prompts are written for this project, not copied from FastChat's or
+  AlpacaEval's.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["GRADE_TURN1", "GRADE_TURN2", "NEED_REFERENCE", "PAIRWISE", "REFERENCE", "RUBRIC", "SYSTEM", "Comparison",
+           "Rating", "mt_bench_score", "parse_rating", "parse_verdict", "win_rate"]
+
+NEED_REFERENCE = ("math", "reasoning", "coding")  # MT-Bench categories graded against a reference answer
+
+SYSTEM = "You are a careful, impartial evaluator of replies written by AI assistants."
+RUBRIC = ("Judge helpfulness, correctness, relevance, depth and level of detail. Length is not a merit in itself, "
+           "and the style of a reply should not distract you from its substance.")
+GRADE_TURN1 = """Score the assistant's reply to the request below from 1 (useless) to 10 (excellent). {rubric}
+{reference}
+First justify your score in a few sentences. Then put the score alone on the last line, in double square \
+brackets, for example: [[6]]
+
+<request>
+{q1}
+</request>
+
+<reply>
+{a1}
+</reply>"""
+GRADE_TURN2 = """Below is a two-turn conversation between a user and an AI assistant. Score only the assistant's \
+SECOND reply (its answer to the follow-up request), from 1 (useless) to 10 (excellent), using the first turn as \
+context. {rubric}
+{reference}
+First justify your score in a few sentences. Then put the score alone on the last line, in double square \
+brackets, for example: [[6]]
+
+<user turn="1">
+{q1}
+</user>
+<assistant turn="1">
+{a1}
+</assistant>
+<user turn="2">
+{q2}
+</user>
+<assistant turn="2">
+{a2}
+</assistant>"""
+REFERENCE = ("A reference answer follows; a reply whose final result disagrees with it is wrong, however well "
+              "written.\n<reference>\n{ref}\n</reference>\n")
+PAIRWISE = """Two AI assistants answered the same instruction. Decide which response serves the user better: \
+more helpful, accurate and complete, and better at following the instruction. Neither the order in which the \
+responses appear nor their length should sway you.
+
+<instruction>
+{instruction}
+</instruction>
+
+<response_A>
+{a}
+</response_A>
+
+<response_B>
+{b}
+</response_B>
+
+Explain your reasoning briefly. Then give your verdict alone on the last line: [[A]] if response A is better, \
+[[B]] if response B is better, or [[tie]] if neither is better."""
+
+
+def parse_rating(text: str | None) -> float | None:
+    """The 1-10 score in ``[[x]]`` (FastChat's pattern, then its ``[x]`` fallback; the last match wins).
+
+    >>> parse_rating("Clear and correct. [[8]]"), parse_rating("Rating: [7.5]"), parse_rating("[[11]]")
+    (8.0, 7.5, None)
+    """
+    for pattern in (r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]", r"\[\s*(\d+(?:\.\d+)?)\s*\]"):
+        found = re.findall(pattern, text or "")
+        if found:
+            score = float(found[-1])
+            return score if 1 <= score <= 10 else None
+    return None
+
+
+def parse_verdict(text: str | None) -> str | None:
+    """``"A"``, ``"B"`` or ``"tie"`` from the last ``[[A]]``/``[[B]]``/``[[tie]]`` in ``text``, else ``None``.
+
+    >>> parse_verdict("A is vague, B answers. [[B]]"), parse_verdict("[[Tie]]"), parse_verdict("B wins")
+    ('B', 'tie', None)
+    """
+    found = re.findall(r"\[\[\s*(A|B|tie)\s*\]\]", text or "", flags=re.IGNORECASE)
+    return None if not found else ("tie" if found[-1].lower() == "tie" else found[-1].upper())
+
+
+@dataclass(frozen=True)
+class Rating:
+    """One MT-Bench grade: ``score`` is ``None`` when the judgement has no readable ``[[1-10]]``."""
+
+    question_id: int | str
+    turn: int
+    category: str
+    score: float | None
+    judgment: str
+    cached: bool
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One pairwise verdict. ``model_position`` is where the model's output was shown (``"A"`` or ``"B"``);
+    ``verdict`` is the judge's raw ``A``/``B``/``tie``; ``winner`` maps it back (``model``/``reference``/``tie``)."""
+
+    index: int
+    instruction: str
+    model_position: str
+    verdict: str | None
+    winner: str | None
+    judgment: str
+    cached: bool
+
+    @property
+    def preference(self) -> float | None:
+        """AlpacaEval's convention: 1 = reference (output_1) better, 2 = model (output_2) better, 1.5 = tie."""
+        return {"reference": 1.0, "model": 2.0, "tie": 1.5}.get(self.winner or "")
+
+
+def mean_se(xs: Sequence[float]) -> tuple[float, float]:
+    """The mean and its standard error (NaN with fewer than two values)."""
+    n = len(xs)
+    if not n:
+        return math.nan, math.nan
+    m = sum(xs) / n
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n) if n > 1 else math.nan)
+
+
+def mt_bench_score(ratings: Sequence[Rating]) -> dict:
+    """Mean score overall (MT-Bench's headline), per turn and per category; unreadable grades are counted, not scored.
+
+    >>> r = [Rating(1, 1, "math", 8.0, "", False), Rating(1, 2, "math", 6.0, "", False),
+    ...      Rating(2, 1, "stem", None, "", False)]
+    >>> s = mt_bench_score(r); s["score"], s["turn_2"], s["n_unparsed"]
+    (7.0, 6.0, 1)
+    """
+    scored = [r for r in ratings if r.score is not None]
+    score, se = mean_se([r.score for r in scored])
+    out = {"score": score, "standard_error": se, "n": len(scored), "n_unparsed": len(ratings) - len(scored)}
+    for t in sorted({r.turn for r in ratings}):
+        out[f"turn_{t}"] = mean_se([r.score for r in scored if r.turn == t])[0]
+    cats = defaultdict(list)
+    for r in scored:
+        cats[r.category].append(r.score)
+    out["per_category"] = {c: sum(v) / len(v) for c, v in sorted(cats.items())}
+    return out
+
+
+def win_rate(comparisons: Sequence[Comparison]) -> dict:
+    """Model win rate against the reference (ties count half, as in AlpacaEval), with its standard error.
+
+    ``position_a_rate`` (share of decided verdicts that picked A) measures the judge's position bias; the
+    randomised order keeps it out of ``win_rate``.
+
+    >>> c = [Comparison(0, "x", "A", "A", "model", "", False), Comparison(1, "y", "B", "A", "reference", "", False),
+    ...      Comparison(2, "z", "B", "tie", "tie", "", False), Comparison(3, "w", "A", None, None, "", False)]
+    >>> s = win_rate(c); s["win_rate"], s["ties"], s["n_unparsed"], round(s["position_a_rate"], 2)
+    (0.5, 1, 1, 1.0)
+    """
+    decided = [c for c in comparisons if c.winner is not None]
+    wr, se = mean_se([{"model": 1.0, "tie": 0.5, "reference": 0.0}[c.winner] for c in decided])
+    ab = [c.verdict for c in decided if c.verdict in ("A", "B")]
+    return {"win_rate": wr, "standard_error": se, "n": len(decided),
+            "wins": sum(c.winner == "model" for c in decided), "losses": sum(c.winner == "reference" for c in decided),
+            "ties": sum(c.winner == "tie" for c in decided), "n_unparsed": len(comparisons) - len(decided),
+            "position_a_rate": ab.count("A") / len(ab) if ab else math.nan,
+            "model_first_share": sum(c.model_position == "A" for c in comparisons) / max(1, len(comparisons))}

@@ -1,0 +1,1 @@
+"""Settings, model profiles, and loading real models, SAEs and preference datasets (hub or local folders)."""

@@ -1,0 +1,81 @@
+"""What the method needs to know about an SAE (a ``sae_lens.SAE``): which layer it reads, a short identity,
+whether it fits a model, its encoding in its own dtype, and how well it reconstructs.
+
+An SAE exposes ``encode``, ``decode``, ``W_enc (d_in, d_sae)``, ``W_dec (d_sae, d_in)``, ``cfg.d_in``,
+``cfg.d_sae`` and ``cfg.metadata.hook_name``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .hooks import check_layer
+
+__all__ = ["check_sae", "model_id", "sae_encode", "sae_id", "sae_layer", "sae_stats"]
+
+
+def sae_layer(sae) -> int:
+    """The decoder layer an SAE reads, from its hook name (``blocks.12.hook_resid_post``, ``model.layers.12``)."""
+    name = sae.cfg.metadata.hook_name or ""
+    m = re.search(r"(?:blocks|layers)\.(\d+)", name)
+    if not m:
+        raise ValueError(f"cannot read a layer index from the SAE's hook name {name!r}; pass l_in/l_out explicitly")
+    return int(m.group(1))
+
+
+def sae_id(sae) -> str:
+    """A short identity for an SAE: its release/id if known, else its hook name and width."""
+    meta = sae.cfg.metadata
+    release = getattr(meta, "release", None) or getattr(sae.cfg, "release", None)
+    sid = getattr(meta, "sae_id", None)
+    if release and sid:
+        return f"{release}/{sid}"
+    return f"{meta.model_name or 'model'}/{meta.hook_name}/d_sae={sae.cfg.d_sae}"
+
+
+def model_id(model) -> str:
+    """The model's identity in fitted maps: its hub id (or local name), else its class name."""
+    return str(getattr(model.config, "name_or_path", "") or type(model).__name__)
+
+
+def check_sae(sae, layer: int, name: str, *, model=None, hidden_size: int | None = None,
+              model_name: str | None = None) -> None:
+    """Raise ``ValueError`` unless ``sae`` can be used at ``layer``: the layer exists in ``model``, the widths
+    match (``model``'s or ``hidden_size``), and the layer in the SAE's hook name, when it has one, is ``layer``."""
+    if model is not None:
+        check_layer(model, layer)
+        hidden_size, model_name = model.config.hidden_size, model_name or model_id(model)
+    if hidden_size is not None and sae.cfg.d_in != hidden_size:
+        of = f" of {model_name}" if model_name else ""
+        raise ValueError(f"{name} expects d_in={sae.cfg.d_in} but layer {layer}{of} has hidden size {hidden_size}: "
+                         "is it an SAE for another model?")
+    try:
+        read = sae_layer(sae)
+    except ValueError:
+        return  # no layer in the hook name: nothing more to check
+    if read != layer:
+        raise ValueError(f"{name} reads layer {read} (hook {sae.cfg.metadata.hook_name!r}) but is used at layer "
+                         f"{layer}: are sae_in and sae_out (or l_in and l_out) swapped?")
+
+
+def sae_encode(sae, h: Tensor) -> Tensor:
+    """``sae.encode`` in the SAE's own dtype: a bf16 model's activations meet an fp32 SAE at the hook."""
+    return sae.encode(h.to(sae.W_dec.dtype))
+
+
+@torch.no_grad()
+def sae_stats(sae, acts: Float[Tensor, "n d_model"]) -> dict[str, float]:
+    """L0 (mean active latents per token) and fraction of variance explained on ``acts``.
+
+    FVE = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over tokens.
+    """
+    acts = acts.to(sae.W_dec.dtype)
+    z = sae.encode(acts)
+    x_hat = sae.decode(z)
+    resid = (acts - x_hat).pow(2).sum()
+    total = (acts - acts.mean(0)).pow(2).sum()
+    return {"l0": float((z > 0).float().sum(-1).mean()), "fve": float(1 - resid / total)}
