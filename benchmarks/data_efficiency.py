@@ -2,7 +2,7 @@
 
 For each size n, every method learns from the same first n training triples (as ``experiment.fit_maps`` takes
 them): DSPA fits its map (static steering reuses it), DPO (``finetune.train_dpo``, TRL when installed) and
-RAHF-SCIT (``finetune.train_rahf_scit``) train copies of the toy model. All are judged exactly on the same held-out
+RAHF-SCIT (``rahf.train_rahf_scit``) train copies of the toy model. All are judged exactly on the same held-out
 prompts and seeds, scored on the quiz items (with each method's own weights), and charged their measured
 alignment-stage FLOPs (``FlopCounterMode``: matmuls, forward and backward) and wall time. Written to
 benchmarks/RESULTS.md and benchmarks/results/data_efficiency[_quick].json.
@@ -24,7 +24,8 @@ import _report  # noqa: E402
 from dspa_lite import toyworld  # noqa: E402
 from dspa_lite.evaluation.evals import mcq_accuracy  # noqa: E402
 from dspa_lite.evaluation.experiment import DEFAULTS, build_methods, compare, fit_maps  # noqa: E402
-from dspa_lite.evaluation.finetune import train_dpo, train_rahf_scit  # noqa: E402
+from dspa_lite.evaluation.finetune import train_dpo  # noqa: E402
+from dspa_lite.evaluation.rahf import train_rahf_scit  # noqa: E402
 from dspa_lite.method.baselines import Unsteered  # noqa: E402
 
 # Training budgets, chosen so that the full run fits in ~25 minutes on one (shared) CPU thread: one epoch over the

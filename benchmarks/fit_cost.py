@@ -59,7 +59,7 @@ def bare_batches(world, triples, batch_size: int) -> tuple[list, dict]:
         if side == "chosen":
             counts["content_tokens"] = sum(map(len, enc.content))
         layers = [world.l_in, world.l_out] if side == "chosen" else [world.l_out]
-        out += [(layers, ids, mask) for _, ids, mask in batches(enc, batch_size, tok.pad_token_id or 0,
+        out += [(layers, ids, mask) for _, ids, mask in batches(enc.ids, batch_size, tok.pad_token_id or 0,
                                                                 world.model.device)]
     return out, counts
 

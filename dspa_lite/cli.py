@@ -137,9 +137,15 @@ def _endpoint_eval(world, methods: dict, judge, args) -> dict:
 
 
 def cmd_flops(args) -> dict:
-    from .evaluation.flops import cli_report
+    from .evaluation.flopcount import cli_report
 
     return cli_report(args.model, args.measure)
+
+
+def cmd_pipeline(args) -> dict:
+    from .evaluation.pipeline import run
+
+    return run(args)
 
 
 def _steer_args(p: argparse.ArgumentParser) -> None:
@@ -204,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", action="store_true", help="(tiny) also count FLOPs with torch.utils.flop_counter")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
+
+    from .evaluation.pipeline import add_arguments
+
+    p = sub.add_parser("pipeline", help="a real model end to end (default Gemma-2-2B-it): fit DSPA, write MT-Bench and "
+                       "AlpacaEval answers, run lm-eval; resumable, see --dry-run")
+    add_arguments(p)
+    p.set_defaults(func=cmd_pipeline)
     return parser
 
 

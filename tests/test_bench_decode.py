@@ -1,6 +1,8 @@
-"""benchmarks/decode_overhead.py: its Gemma-2-2B-shape config and its fast random-weight model builder."""
+"""benchmarks/decode_overhead.py: its Gemma-2-2B-shape config, its fast random-weight model builder, and a tiny run."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -51,3 +53,23 @@ def test_random_model_matches_a_normally_built_one(bench):
     with torch.no_grad():
         logits = model(torch.tensor([[2, 5, 7, 9]])).logits
     assert logits.shape == (1, 4, 100) and bool(torch.isfinite(logits).all())
+
+
+def test_toy_measurement_tiny(bench, world, cdmap):
+    """Batch 2, 4 new tokens, 1 repeat: every method timed, DSPA's profiler labels found, the length fixed."""
+    old = world.model.generation_config.min_new_tokens
+    data = json.loads(json.dumps(bench.run_toy(world, cdmap, dict(batch=2, new_tokens=4, repeats=1), triples=64), default=float))
+    res = data["results"]
+    assert list(res) == ["none", "dspa", "static", "caa"]
+    for r in res.values():
+        assert r["ms_per_token"] > 0 and r["first_token_ms"] > 0 and r["ratio_e2e"] > 0 and r["ratio_step"] > 0
+    assert res["none"]["ratio_e2e"] == res["none"]["ratio_step"] == 1.0 and "parts" not in res["none"]
+    assert set(res["dspa"]["parts"]) == set(bench.LABELS)
+    assert all(p["median_ms"] > 0 and p["total_ms"] >= p["median_ms"] for p in res["dspa"]["parts"].values())
+    for name in ("dspa", "static", "caa"):  # one edit per forward call: the prefill and 3 decoding steps
+        assert res[name]["parts"]["hooks.edit"]["calls"] == 4 and 0 <= res[name]["analytic_share"] < 1
+    assert res["dspa"]["parts"]["dspa.prompt_features"]["calls"] == 1
+    assert "dspa.prompt_features" not in res["static"]["parts"]
+    assert world.model.generation_config.min_new_tokens == old  # restored
+    table = "\n".join(bench.table(data))
+    assert all(f"| {name} |" in table for name in res) and "toy" in data["compare"]

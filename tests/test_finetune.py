@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from dspa_lite.evaluation import finetune as ft
-from dspa_lite.evaluation.flops import measure
+from dspa_lite.evaluation import rahf
+from dspa_lite.evaluation.flopcount import measure
 from dspa_lite.method.hooks import decoder_layers
 
 
@@ -52,8 +53,8 @@ def test_dpo_increases_the_margin_and_leaves_the_world_model_untouched(world, tr
 
 def test_forward_backward_is_three_forwards_and_a_dpo_step_is_four(world, triples):
     rows = [r for pair in ft._pairs(world.tokenizer, triples[:4]) for r in pair]
-    batch = ft._collate(rows, world.tokenizer.pad_token_id, world.model.device)
-    policy = ft._set(copy.deepcopy(world.model), True, True)
+    batch = ft.collate(rows, world.tokenizer.pad_token_id, world.model.device)
+    policy = ft.set_mode(copy.deepcopy(world.model), True, True)
     with torch.no_grad():
         forward = measure(policy, lambda m: ft.response_logps(m, *batch))
     both = measure(policy, lambda m: ft.response_logps(m, *batch).sum().backward())
@@ -64,7 +65,7 @@ def test_forward_backward_is_three_forwards_and_a_dpo_step_is_four(world, triple
 
 def test_lora_merge_equals_the_adapted_forward():
     torch.manual_seed(0)
-    lora = ft.LoRALinear(nn.Linear(6, 5), rank=2, alpha=4.0)
+    lora = rahf.LoRALinear(nn.Linear(6, 5), rank=2, alpha=4.0)
     x = torch.randn(3, 6)
     assert torch.equal(lora(x), lora.base(x))  # B starts at zero
     nn.init.normal_(lora.B)
@@ -76,7 +77,7 @@ def test_lora_merge_equals_the_adapted_forward():
 
 def test_rahf_scit_runs_both_stages_and_changes_only_qv(world, triples):
     before = snapshot(world.model)
-    method, stats = ft.train_rahf_scit(world.model, world.tokenizer, triples, epochs=1, batch_size=4, stage2_steps=3,
+    method, stats = rahf.train_rahf_scit(world.model, world.tokenizer, triples, epochs=1, batch_size=4, stage2_steps=3,
                                        stage2_batch=8, stage2_lr=1e-2)
     assert set(stats.stages) == {"stage1", "stage2"}
     assert stats.stages["stage1"]["steps"] == 2 and stats.stages["stage2"]["steps"] == 3
@@ -84,7 +85,7 @@ def test_rahf_scit_runs_both_stages_and_changes_only_qv(world, triples):
         s["flops"] for s in stats.stages.values())
     assert_unchanged(world.model, before)
     merged = method.model
-    assert not any(isinstance(m, ft.LoRALinear) for m in merged.modules()), "the LoRA adapters were not merged"
+    assert not any(isinstance(m, rahf.LoRALinear) for m in merged.modules()), "the LoRA adapters were not merged"
     layers, base_layers = decoder_layers(merged), decoder_layers(world.model)
     deepest = max(stats.settings["target_layers"])
     for i in range(len(layers)):

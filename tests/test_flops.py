@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Gemma2Config, Qwen3Config, Qwen3ForCausalLM
 
-from dspa_lite.evaluation import flops
+from dspa_lite.evaluation import flopcount, flops
 from dspa_lite.evaluation.flops import KNOWN_MODELS, ModelShape, forward_flops
 
 COMPONENTS = ("forward", "forward_until_l_out", "sae_in_encode", "sae_out_encode", "dspa_fit_pass", "train_step",
@@ -19,13 +19,13 @@ REAL = ("gemma-2-2b", "gemma-2-9b", "qwen3-8b")
 
 @pytest.fixture(scope="module")
 def tiny():
-    return flops.tiny_setup(seed=0)
+    return flopcount.tiny_setup(seed=0)
 
 
 @pytest.fixture(scope="module")
 def checked(tiny):
     # batch 2, seq 24 (12 prompt + 12 response tokens); l_in=1, l_out=2 of 4 layers
-    return flops.cross_check(*tiny, l_in=1, l_out=2, batch=2, prompt_len=12, response_len=12)
+    return flopcount.cross_check(*tiny, l_in=1, l_out=2, batch=2, prompt_len=12, response_len=12)
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -66,7 +66,7 @@ def test_qwen3_forward_is_exact_with_untied_head():
                       attn_implementation="eager")
     model, ids = Qwen3ForCausalLM(cfg).eval(), torch.randint(0, 151, (2, 10))
     with torch.no_grad():
-        measured = flops.measure(model, lambda m: m(input_ids=ids, use_cache=False))
+        measured = flopcount.measure(model, lambda m: m(input_ids=ids, use_cache=False))
     shape = ModelShape.from_config(cfg)
     assert not shape.tied_embeddings
     assert forward_flops(shape, 20, 10) == measured
@@ -146,7 +146,7 @@ def test_unknown_model_error_lists_known_names():
     for name in KNOWN_MODELS:
         assert name in str(err.value)
     with pytest.raises(ValueError, match="gemma-2-2b"):
-        flops.cli_report("gpt-5", measure=False)
+        flopcount.cli_report("gpt-5", measure=False)
 
 
 def test_model_shape_validates():
@@ -157,14 +157,14 @@ def test_model_shape_validates():
 
 
 def test_cli_report():
-    tiny = flops.cli_report("tiny", measure=False)
+    tiny = flopcount.cli_report("tiny", measure=False)
     assert set(tiny["cross_check"]) == set(COMPONENTS)
     assert tiny["cross_check"]["forward"] == {"analytic": 99102720}
-    real = flops.cli_report("qwen3-8b", measure=False)
+    real = flopcount.cli_report("qwen3-8b", measure=False)
     assert "assumptions" in real and real["shape"]["vocab"] == 151936
     json.dumps(real)
     with pytest.raises(ValueError, match="--model tiny"):
-        flops.cli_report("gemma-2-9b", measure=True)
+        flopcount.cli_report("gemma-2-9b", measure=True)
 
 
 def test_flop_settings_follow_the_profiles():

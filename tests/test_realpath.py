@@ -173,7 +173,8 @@ def test_gated_and_out_of_memory(monkeypatch, offline):
 def test_sae_for_another_model_or_layer(hub, tmp_path):
     wrong_model = hf.gemma_scope_sae(tmp_path / "2b-sae", 20, d_in=2304, d_sae=8)
     with pytest.raises(ModelLoadError, match=r"SAE expects d_in=2304 but layer 20 of gemma-2-9b has hidden size "
-                                             r"3584: is it an SAE for another model\? Did you pass the SAE for gemma-2-2b / gemma-2-2b-it\?"):
+                                             r"3584: is it an SAE for another model\? "
+                                             r"Did you pass the SAE for gemma-2-2b / gemma-2-2b-it\?"):
         models.load_sae(get_profile("gemma-2-9b").with_paths(sae_paths={20: wrong_model}), 20, device="cpu")
     model, _ = models.load(hub["gemma"], device="cpu")
     narrow = hf.gemma_scope_sae(tmp_path / "narrow", L_IN, d_in=32)

@@ -1,4 +1,4 @@
-"""Weight-updating baselines on the toy world, DPO and a small RAHF-SCIT, with measured FLOPs and wall time.
+"""Weight-updating baselines on the toy world, DPO here and RAHF-SCIT in :mod:`.rahf`, with measured FLOPs and time.
 
 DSPA edits no weights; these do (docs/design.md §5), always on copies: the model passed in is never modified.
 **DPO** (Rafailov et al. 2023) runs through ``trl.DPOTrainer`` when ``trl`` imports, else the same loss in a short
@@ -23,21 +23,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..method.baselines import Unsteered
 from ..method.generation import format_prompts
-from ..method.hooks import decoder_layers
 
-__all__ = ["BAD_INSTRUCTION", "GOOD_INSTRUCTION", "FineTuned", "LoRALinear", "TrainStats", "dpo_loss",
-           "preference_margin", "response_logps", "train_dpo", "train_rahf_scit"]
-
-# The toy vocabulary has no words for RAHF's "You are a good, respectful and honest assistant ...", and unknown
-# words become <unk>. The instructions are therefore two arbitrary markers from the quiz vocabulary, which never
-# occur in dialogue text (so they prime no style): stage 1 is what gives them their meaning.
-GOOD_INSTRUCTION = "green hill"
-BAD_INSTRUCTION = "red cave"
+__all__ = ["AdamW", "FineTuned", "StepMeter", "TrainStats", "collate", "dpo_loss", "encode_responses", "n_steps",
+           "preference_margin", "response_logps", "set_mode", "step_batches", "train_dpo"]
 
 
 @dataclass(frozen=True)
@@ -67,14 +60,14 @@ class FineTuned(Unsteered):
 
 
 # --------------------------------------------------------------------------- batches and log-probabilities
-def _encode(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], int]]:
+def encode_responses(tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[list[int], int]]:
     """``(ids, n_prompt)`` per pair: chat-formatted prompt, then the response and EOS (as the toy world trains)."""
     heads = [tokenizer(t, add_special_tokens=False).input_ids for t in format_prompts(tokenizer, prompts)]
     tails = tokenizer(list(responses), add_special_tokens=False).input_ids
     return [(h + t + [tokenizer.eos_token_id], len(h)) for h, t in zip(heads, tails)]
 
 
-def _collate(rows: Sequence[tuple[list[int], int]], pad_id: int, device) -> tuple[Tensor, Tensor, Tensor]:
+def collate(rows: Sequence[tuple[list[int], int]], pad_id: int, device) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded ``ids``, ``attention_mask`` and ``response_mask`` (1 on response tokens), each ``(B, T)``."""
     T = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
@@ -102,20 +95,20 @@ def dpo_loss(pi_chosen: Tensor, pi_rejected: Tensor, ref_chosen: Tensor, ref_rej
 
 def _pairs(tokenizer, triples) -> list[tuple[tuple[list[int], int], tuple[list[int], int]]]:
     prompts = [t.prompt for t in triples]
-    return list(zip(_encode(tokenizer, prompts, [t.chosen for t in triples]),
-                    _encode(tokenizer, prompts, [t.rejected for t in triples])))
+    return list(zip(encode_responses(tokenizer, prompts, [t.chosen for t in triples]),
+                    encode_responses(tokenizer, prompts, [t.rejected for t in triples])))
 
 
 @torch.no_grad()
 def preference_margin(model, ref, tokenizer, triples) -> float:
     """Mean ``(log pi/ref)(chosen) - (log pi/ref)(rejected)`` over ``triples`` (DPO's reward margin / beta)."""
-    batch = _collate([r for pair in _pairs(tokenizer, triples) for r in pair], tokenizer.pad_token_id, model.device)
+    batch = collate([r for pair in _pairs(tokenizer, triples) for r in pair], tokenizer.pad_token_id, model.device)
     ratio = response_logps(model, *batch) - response_logps(ref, *batch)  # rows alternate chosen, rejected
     return (ratio[0::2] - ratio[1::2]).mean().item()
 
 
 # --------------------------------------------------------------------------- training plumbing
-class _Meter:
+class StepMeter:
     """Sums a step's FLOPs over the run, counting each distinct batch shape once under ``FlopCounterMode``."""
 
     def __init__(self):
@@ -138,7 +131,7 @@ def n_steps(n: int, epochs: float, batch_size: int, min_steps: int) -> int:
     return max(min_steps, math.ceil(epochs * n / batch_size))
 
 
-def _batches(items: list, batch_size: int, steps: int, seed: int):
+def step_batches(items: list, batch_size: int, steps: int, seed: int):
     """``steps`` batches from reshuffled passes over ``items`` (small data sets repeat epochs)."""
     rng, order = random.Random(seed), []
     for _ in range(steps):
@@ -148,7 +141,7 @@ def _batches(items: list, batch_size: int, steps: int, seed: int):
         del order[:batch_size]
 
 
-def _set(model, train: bool = False, grads: bool = False):
+def set_mode(model, train: bool = False, grads: bool = False):
     """``model`` in train or eval mode with its weights trainable or frozen."""
     model.train(train)
     for p in model.parameters():
@@ -156,7 +149,7 @@ def _set(model, train: bool = False, grads: bool = False):
     return model
 
 
-class _AdamW:
+class AdamW:
     """AdamW, linear decay to zero, gradients clipped at 1: the Hugging Face Trainer's (so TRL's) defaults."""
 
     def __init__(self, params, lr: float, steps: int):
@@ -197,12 +190,12 @@ def train_dpo(model, tokenizer, triples, beta: float = 0.1, lr: float = 5e-4, ep
     stage = {"steps": meter.steps, "wall_seconds": time.perf_counter() - t0, "flops": meter.flops}
     stats = TrainStats("dpo", backend, len(triples), meter.steps, stage["wall_seconds"], meter.flops, {"dpo": stage},
                        tuple(losses), settings)
-    return FineTuned(_set(policy), tokenizer, stats), stats
+    return FineTuned(set_mode(policy), tokenizer, stats), stats
 
 
 def _dpo_loop(model, tokenizer, triples, beta, lr, batch_size, steps, seed):
-    policy, meter, losses = _set(copy.deepcopy(model), True, True), _Meter(), []
-    opt = _AdamW(policy.parameters(), lr, steps)
+    policy, meter, losses = set_mode(copy.deepcopy(model), True, True), StepMeter(), []
+    opt = AdamW(policy.parameters(), lr, steps)
 
     def step(batch):
         with torch.no_grad():
@@ -210,8 +203,8 @@ def _dpo_loop(model, tokenizer, triples, beta, lr, batch_size, steps, seed):
         lp = response_logps(policy, *batch)  # rows alternate chosen, rejected
         return opt(dpo_loss(lp[0::2], lp[1::2], ref[0::2], ref[1::2], beta))
 
-    for pairs in _batches(_pairs(tokenizer, triples), batch_size, steps, seed):
-        batch = _collate([r for pair in pairs for r in pair], tokenizer.pad_token_id, policy.device)
+    for pairs in step_batches(_pairs(tokenizer, triples), batch_size, steps, seed):
+        batch = collate([r for pair in pairs for r in pair], tokenizer.pad_token_id, policy.device)
         losses.append(meter(tuple(batch[0].shape), step, batch))
     return policy, meter, losses
 
@@ -221,7 +214,7 @@ def _dpo_trl(model, tokenizer, triples, beta, lr, batch_size, steps, seed):
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    meter = _Meter()
+    meter = StepMeter()
 
     class Trainer(DPOTrainer):
         def training_step(self, model, inputs, *args, **kwargs):
@@ -236,116 +229,8 @@ def _dpo_trl(model, tokenizer, triples, beta, lr, batch_size, steps, seed):
                          max_steps=steps, seed=seed, data_seed=seed, use_cpu=True, bf16=False,
                          gradient_checkpointing=False, report_to="none", save_strategy="no", logging_steps=1,
                          disable_tqdm=True, max_length=None, dataset_num_proc=None)
-        trainer = Trainer(model=_set(copy.deepcopy(model), True, True), ref_model=_set(copy.deepcopy(model)), args=args,
+        trainer = Trainer(model=set_mode(copy.deepcopy(model), True, True), ref_model=set_mode(copy.deepcopy(model)), args=args,
                           train_dataset=data, processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)  # disable_tqdm=True would print every log line to stdout
         trainer.train()
     return trainer.model, meter, [h["loss"] for h in trainer.state.log_history if "loss" in h]
-
-
-# --------------------------------------------------------------------------- RAHF-SCIT
-class LoRALinear(nn.Module):
-    """``base(x) + (alpha / rank) * x A^T B^T`` (Hu et al. 2021); ``B`` starts at zero, so it starts as ``base``."""
-
-    def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 16.0):
-        super().__init__()
-        self.base, self.scale = base, alpha / rank
-        self.A = nn.Parameter(torch.empty(rank, base.in_features))
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as peft and nn.Linear
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
-
-    def merged(self) -> nn.Linear:
-        with torch.no_grad():
-            self.base.weight += self.scale * self.B @ self.A  # (out, in)
-        return self.base
-
-
-def _swap_lora(model, layers: Sequence[int], rank: int = 0, alpha: float = 0.0) -> list[nn.Parameter]:
-    """Wrap q/v projections of ``layers`` in :class:`LoRALinear` (``rank > 0``) or merge them back (``rank = 0``)."""
-    params = []
-    for attn in (decoder_layers(model)[i].self_attn for i in layers):
-        for name in ("q_proj", "v_proj"):
-            new = LoRALinear(getattr(attn, name), rank, alpha) if rank else getattr(attn, name).merged()
-            setattr(attn, name, new)
-            params += [new.A, new.B] if rank else []
-    return params
-
-
-def _response_hidden(model, rows, layers: Sequence[int], pad_id: int, width: int) -> tuple[Tensor, Tensor]:
-    """Hidden states ``hidden_states[l]`` on the first ``width`` response tokens, ``(L, B, width, d)``, and their mask."""
-    ids, attn, _ = _collate(rows, pad_id, model.device)
-    hs = model(input_ids=ids, attention_mask=attn, output_hidden_states=True, use_cache=False).hidden_states
-    pos = torch.tensor([n_prompt for _, n_prompt in rows])[:, None] + torch.arange(width)  # (B, width)
-    mask = (pos < torch.tensor([len(r) for r, _ in rows])[:, None]).to(model.device)
-    idx = pos.clamp_max(ids.shape[1] - 1).to(model.device)[..., None].expand(-1, -1, hs[0].shape[-1])
-    return torch.stack([hs[l].gather(1, idx) for l in layers]), mask
-
-
-def train_rahf_scit(model, tokenizer, triples, lr: float = 2e-3, epochs: float = 2.0, batch_size: int = 8,
-                    epsilon: float = 0.2, stage2_steps: int = 30, stage2_batch: int = 16, stage2_lr: float = 2e-2,
-                    rank: int = 8, lora_alpha: float = 16.0, alpha: float = 5.0, target_layers: Sequence[int] = (2, 3),
-                    max_res_len: int = 64, seed: int = 0, min_steps: int = 0) -> tuple[FineTuned, TrainStats]:
-    """RAHF-SCIT (Liu et al., ACL 2024) on copies of ``model``: returns the merged stage-2 model and its stats.
-
-    Stage 1 (SCIT, full fine-tune of a copy): ``good + prompt -> chosen`` and ``bad + prompt -> rejected``; loss =
-    LM loss + ``-(1-epsilon) log p_m/(p_m+p_s) - epsilon log p_s/(p_m+p_s)``, ``p = exp(mean token log-prob)`` under
-    the matched and the swapped instruction: two forward+backward passes per sequence (the reproduction's three
-    repeat the matched one). Stage 2 (``stage2_steps`` batches of prompt + chosen or rejected, its ``data_type="all"``):
-    LoRA (q/v below the deepest target) on the base model, fitted by mean L2 distance to ``h_base(plain) + alpha *
-    (h_1(good) - h_1(bad))`` at ``hidden_states[l]``, ``l`` in ``target_layers``, on the first ``max_res_len``
-    response tokens; then merged. The reproduction's structure, shrunk for the 4-layer toy (its lr 2e-5, 2 epochs,
-    450 x 64 stage-2 examples, layers 10-18 suit Llama-2-7B). Instructions: :data:`GOOD_INSTRUCTION`, ``BAD_...``.
-    """
-    if not target_layers or not all(0 < l <= model.config.num_hidden_layers for l in target_layers):
-        raise ValueError(f"target_layers={tuple(target_layers)} index hidden_states: choose from "
-                         f"1..{model.config.num_hidden_layers} (hidden_states[l] is the output of layer l - 1)")
-    settings = {k: v for k, v in locals().items() if k not in ("model", "tokenizer", "triples")}
-    steps = settings["steps"] = n_steps(len(triples), epochs, batch_size, min_steps)
-    settings.update(target_layers=list(target_layers), instructions=[GOOD_INSTRUCTION, BAD_INSTRUCTION])
-    pad, losses, stages, t0 = tokenizer.pad_token_id, [], {}, time.perf_counter()
-    enc = {(tag, side): _encode(tokenizer, [f"{ins} {t.prompt}".strip() for t in triples],
-                                [getattr(t, side) for t in triples])
-           for tag, ins in (("plain", ""), ("good", GOOD_INSTRUCTION), ("bad", BAD_INSTRUCTION))
-           for side in ("chosen", "rejected")}
-
-    def scit_step(batch, n):  # rows: matched (good->chosen, bad->rejected) then swapped (bad->chosen, good->rejected)
-        lp, n_tok = response_logps(scit, *batch), batch[2][:, 1:].sum(-1)  # (2n,) summed; response tokens per row
-        lm = -lp[:n].sum() / n_tok[:n].sum()  # token-mean LM loss on the matched rows
-        pair = torch.stack([(lp / n_tok)[:n], (lp / n_tok)[n:]], -1).log_softmax(-1)  # (n, 2): matched vs swapped
-        return opt(lm - ((1 - epsilon) * pair[:, 0] + epsilon * pair[:, 1]).mean())
-
-    meter, scit = _Meter(), _set(copy.deepcopy(model), True, True)
-    opt = _AdamW(scit.parameters(), lr, steps)
-    for idx in _batches(list(range(len(triples))), batch_size, steps, seed):
-        rows = [enc[k][i] for k in (("good", "chosen"), ("bad", "rejected"), ("bad", "chosen"), ("good", "rejected"))
-                for i in idx]
-        batch = _collate(rows, pad, scit.device)
-        losses.append(meter(tuple(batch[0].shape), scit_step, batch, 2 * len(idx)))
-    stages["stage1"] = {"steps": meter.steps, "wall_seconds": time.perf_counter() - t0, "flops": meter.flops}
-    _set(scit)
-
-    def lora_step(rows, width):  # three frozen forwards, then the LoRA model's forward and backward
-        with torch.no_grad():
-            base, mask = _response_hidden(model, rows["plain"], target_layers, pad, width)
-            good, bad = (_response_hidden(scit, rows[k], target_layers, pad, width)[0] for k in ("good", "bad"))
-            target = base + alpha * (good - bad)  # (L, B, width, d)
-        dist = (_response_hidden(lora, rows["plain"], target_layers, pad, width)[0] - target).norm(dim=-1)
-        return opt((dist * mask).sum() / (mask.sum() * len(target_layers)))
-
-    t1, meter2, lora = time.perf_counter(), _Meter(), _set(copy.deepcopy(model), train=True)
-    torch.manual_seed(seed)  # the LoRA A matrices' initialisation
-    opt = _AdamW(_swap_lora(lora, range(max(target_layers)), rank, lora_alpha), stage2_lr, stage2_steps)
-    examples = [(side, i) for i in range(len(triples)) for side in ("chosen", "rejected")]  # data_type "all"
-    for ex in _batches(examples, stage2_batch, stage2_steps, seed):
-        rows = {tag: [enc[tag, side][i] for side, i in ex] for tag in ("plain", "good", "bad")}
-        width = min(max_res_len, max(len(r) - n for r, n in rows["plain"]))
-        key = (len(ex), width, *(max(len(r) for r, _ in rows[k]) for k in rows))
-        losses.append(meter2(key, lora_step, rows, width))
-    _swap_lora(lora, range(max(target_layers)))
-    stages["stage2"] = {"steps": meter2.steps, "wall_seconds": time.perf_counter() - t1, "flops": meter2.flops}
-    stats = TrainStats("rahf-scit", "dspa_lite", len(triples), meter.steps + meter2.steps, time.perf_counter() - t0,
-                       meter.flops + meter2.flops, stages, tuple(losses), settings)
-    return FineTuned(_set(lora), tokenizer, stats), stats

@@ -58,6 +58,17 @@ def _steer_fn(steerer: Any) -> Steer | None:
     return steer
 
 
+def _request_rows(requests, max_length: int, positions: str) -> dict[tuple[int, ...], tuple[str, int]]:
+    """Each log-likelihood request's input row, as ``HFLM`` feeds it to the model, -> (context, first edited position)."""
+    rows: dict[tuple[int, ...], tuple[str, int]] = {}
+    for (context, _), ctx_enc, cont_enc in requests:
+        if context is None:
+            raise NotImplementedError(_ROLLING)
+        row = tuple((ctx_enc + cont_enc)[-(max_length + 1):][:-1])
+        rows.setdefault(row, (context, max(0, len(row) - len(cont_enc)) if positions == "continuation" else 0))
+    return rows
+
+
 @functools.cache
 def _steered_hflm() -> type:
     from lm_eval.models.huggingface import HFLM
@@ -73,14 +84,7 @@ def _steered_hflm() -> type:
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
             if self.steer is None:
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-            rows: dict[tuple[int, ...], tuple[str, int]] = {}
-            for (context, _), ctx_enc, cont_enc in requests:
-                if context is None:
-                    raise NotImplementedError(_ROLLING)
-                row = tuple((ctx_enc + cont_enc)[-(self.max_length + 1):][:-1])  # what HFLM feeds the model
-                start = max(0, len(row) - len(cont_enc)) if self.positions == "continuation" else 0
-                rows.setdefault(row, (context, start))
-            self._rows = rows
+            self._rows = _request_rows(requests, self.max_length, self.positions)
             try:
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
             finally:

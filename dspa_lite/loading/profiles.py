@@ -174,7 +174,7 @@ def registry_ids(release: str | None) -> list[str]:
 
 _EST_NOTE = ("rough planning figure, not a measurement: load, fit on 250 triples, generate 80 answers of up to 512 "
              "tokens for none/static/DSPA, multiple-choice with and without DSPA; a T4 takes about 3x longer "
-             "(benchmarks/gemma2_2b_colab.py prints a measured estimate before it starts)")
+             "(`dspa-lite pipeline --dry-run` prints the full benchmark's plan; a run logs each stage's time)")
 _GEMMA_CHAT = ("Gemma's chat template writes <bos> itself, names the assistant 'model', trims each message and "
                "raises on a 'system' role: put instructions in the user turn")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 __all__ = ["ESTIMATORS", "LowRankMap", "estimate_map", "prompt_scores", "select_latents", "specificity_weights"]
@@ -45,7 +45,7 @@ def check_matrix(name: str, x) -> None:
 
 
 def estimate_map(
-    U: Float[Tensor, "n_triples m_in"], Delta: Float[Tensor, "n_triples m_out"], estimator: str = "mean",
+    U: Shaped[Tensor, "n_triples m_in"], Delta: Float[Tensor, "n_triples m_out"], estimator: str = "mean",
     n_min: int = 1, center: bool = False, ridge: float = 0.0, top_r: int | None = None, *,
     weights: Float[Tensor, " m_in"] | None = None, normalize_delta: bool = False, factored: bool = False,
 ) -> Float[Tensor, "m_in m_out"] | LowRankMap:
@@ -77,9 +77,30 @@ def estimate_map(
     tensor([[2., 1.],
             [1., 2.]])
     """
+    _check_estimate_args(U, Delta, estimator, n_min, top_r, ridge, weights, factored)
+    u, d = U.to(torch.float64), Delta.to(torch.float64)
+    if normalize_delta:
+        std = d.std(0, correction=0)  # (m_out,); population std so a single triple is not NaN
+        d = torch.where(std > _EPS, d / std.clamp_min(_EPS), torch.zeros_like(d))
+    if center:
+        d = d - d.mean(0)
+    L = _left_factor(u, estimator, n_min, ridge)  # A = L @ d
+    if weights is not None:
+        L = L * weights.to(torch.float64)[:, None]
+    dtype = Delta.dtype if Delta.is_floating_point() else torch.float32
+    if factored:
+        return LowRankMap(L.to(dtype), d.to(dtype))
+    A = L @ d
+    if top_r is not None and top_r < A.shape[1]:
+        idx = A.abs().topk(top_r, dim=1).indices  # (m_in, top_r)
+        A = torch.zeros_like(A).scatter_(1, idx, A.gather(1, idx))
+    return A.to(dtype)
+
+
+def _check_estimate_args(U, Delta, estimator, n_min, top_r, ridge, weights, factored) -> None:
     check_matrix("U", U)
     check_matrix("Delta", Delta)
-    (n, m_in), m_out = U.shape, Delta.shape[1]
+    n, m_in = U.shape
     w_ok = weights is None or (isinstance(weights, Tensor) and tuple(weights.shape) == (m_in,))
     for ok, msg in (
         (Delta.shape[0] == n, f"U has {n} triples (rows) but Delta has {Delta.shape[0]}: both must come from the same triples"),
@@ -95,14 +116,13 @@ def estimate_map(
     ):
         if not ok:
             raise ValueError(msg)
-    u, d = U.to(torch.float64), Delta.to(torch.float64)
-    if normalize_delta:
-        std = d.std(0, correction=0)  # (m_out,); population std so a single triple is not NaN
-        d = torch.where(std > _EPS, d / std.clamp_min(_EPS), torch.zeros_like(d))
-    if center:
-        d = d - d.mean(0)
+
+
+def _left_factor(u: Tensor, estimator: str, n_min: int, ridge: float) -> Tensor:
+    """``L`` with ``A = L @ Delta`` (float64, ``(m_in, n_triples)``); rows of latents with support below ``n_min`` are 0."""
+    n, m_in = u.shape
     keep = (u > 0).sum(0) >= n_min  # (m_in,) support filter
-    L = torch.zeros(m_in, n, dtype=torch.float64)  # A = L @ d
+    L = torch.zeros(m_in, n, dtype=torch.float64)
     uk = u[:, keep]  # (n_triples, m_kept): only supported latents, so dead ones do not make the ridge singular
     if estimator == "mean":
         L[keep] = uk.T / uk.sum(0)[:, None]  # the mass is > 0 wherever support >= 1
@@ -116,16 +136,7 @@ def estimate_map(
             L[keep] = torch.linalg.solve(uk.T @ uk + ridge * eye(m_kept), uk.T)
         else:  # the same matrix by the push-through identity U^T (U U^T + rI)^-1: a (n, n) solve
             L[keep] = torch.linalg.solve(uk @ uk.T + ridge * eye(n), uk).T
-    if weights is not None:
-        L = L * weights.to(torch.float64)[:, None]
-    dtype = Delta.dtype if Delta.is_floating_point() else torch.float32
-    if factored:
-        return LowRankMap(L.to(dtype), d.to(dtype))
-    A = L @ d
-    if top_r is not None and top_r < m_out:
-        idx = A.abs().topk(top_r, dim=1).indices  # (m_in, top_r)
-        A = torch.zeros_like(A).scatter_(1, idx, A.gather(1, idx))
-    return A.to(dtype)
+    return L
 
 
 @dataclass(eq=False)

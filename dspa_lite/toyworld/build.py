@@ -75,20 +75,9 @@ def train_model(cfg: ToyConfig, model, rows: list[list[int]], progress: bool = T
     return sum(recent) / len(recent)
 
 
-def train_toy_sae(
-    model_dir: str | os.PathLike,
-    rows: list[list[int]],
-    layer: int,
-    out_dir: str | os.PathLike,
-    *,
-    d_sae: int,
-    training_tokens: int,
-    l1_coefficient: float,
-    lr: float,
-    seed: int,
-    exclude_token_ids: list[int],
-    batch_tokens: int = 2048,
-):
+def train_toy_sae(model_dir: str | os.PathLike, rows: list[list[int]], layer: int, out_dir: str | os.PathLike, *,
+                  d_sae: int, training_tokens: int, l1_coefficient: float, lr: float, seed: int,
+                  exclude_token_ids: list[int], batch_tokens: int = 2048):
     """Train a standard (ReLU + L1) SAE on the residual output of ``layer`` with sae-lens.
 
     Args:
