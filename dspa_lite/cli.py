@@ -156,6 +156,24 @@ def _steer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=DEFAULTS["alpha"], help="augment scale: z -> (1 + alpha) z")
 
 
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--methods", default="none,static,caa,dspa")
+    p.add_argument("--n-prompts", type=int, default=200)
+    p.add_argument("--seeds", type=int, default=3, help="number of sampling seeds (0..S-1; exact judge)")
+    p.add_argument("--no-mcq", action="store_true", help="skip multiple-choice accuracy (exact judge)")
+    _steer_args(p)
+    g = p.add_argument_group("judge", "--judge endpoint: pairwise (AlpacaEval-style) against the unsteered outputs, "
+                             "by any OpenAI-compatible chat endpoint; answers are cached, so a rerun resumes")
+    g.add_argument("--judge", choices=("exact", "endpoint"), default="exact",
+                   help="exact: the toy world's ground truth (default); endpoint: a judge model")
+    g.add_argument("--judge-base-url", help="e.g. http://localhost:8000/v1 (default: $DSPA_JUDGE_BASE_URL)")
+    g.add_argument("--judge-model", help="the judge model's name (default: $DSPA_JUDGE_MODEL); key: $DSPA_JUDGE_API_KEY")
+    g.add_argument("--judge-max-retries", type=int, help="retries per request with backoff (default 5)")
+    g.add_argument("--judge-cache", help="JSONL answer cache (default: DSPA_CACHE/judge/<model>.jsonl)")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspa-lite", description="Dynamic SAE Steering for Preference Alignment")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,21 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("eval", help="compare steering methods on the toy world, with its exact judge or a judge model")
-    p.add_argument("--profile", default="tiny")
-    p.add_argument("--methods", default="none,static,caa,dspa")
-    p.add_argument("--n-prompts", type=int, default=200)
-    p.add_argument("--seeds", type=int, default=3, help="number of sampling seeds (0..S-1; exact judge)")
-    p.add_argument("--no-mcq", action="store_true", help="skip multiple-choice accuracy (exact judge)")
-    _steer_args(p)
-    g = p.add_argument_group("judge", "--judge endpoint: pairwise (AlpacaEval-style) against the unsteered outputs, "
-                             "by any OpenAI-compatible chat endpoint; answers are cached, so a rerun resumes")
-    g.add_argument("--judge", choices=("exact", "endpoint"), default="exact",
-                   help="exact: the toy world's ground truth (default); endpoint: a judge model")
-    g.add_argument("--judge-base-url", help="e.g. http://localhost:8000/v1 (default: $DSPA_JUDGE_BASE_URL)")
-    g.add_argument("--judge-model", help="the judge model's name (default: $DSPA_JUDGE_MODEL); key: $DSPA_JUDGE_API_KEY")
-    g.add_argument("--judge-max-retries", type=int, help="retries per request with backoff (default 5)")
-    g.add_argument("--judge-cache", help="JSONL answer cache (default: DSPA_CACHE/judge/<model>.jsonl)")
-    p.add_argument("--json", action="store_true")
+    _eval_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("flops", help="alignment-stage FLOPs: DSPA vs RAHF-SCIT vs DPO, and the flop-counter cross-check")

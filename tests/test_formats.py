@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+from tiny import CHAT_TEMPLATE, SPECIALS, tiny_gemma, word_tokenizer
+from transformers import Gemma2ForCausalLM
 
 from dspa_lite.evaluation import formats
 from dspa_lite.evaluation.formats import (
@@ -35,13 +35,8 @@ from dspa_lite.evaluation.formats import (
 from dspa_lite.method.generation import generate
 from dspa_lite.method.hooks import edit
 
-SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]  # ids as Gemma2Config's defaults
 WORDS = ("user model the a cat dog sat on mat sun moon red blue green big small happy sad run tree house sky rain "
          "snow bird fish apple tea cup book door light dark fast slow old new hot cold good bad yes no").split()
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<start_of_turn> {{ 'model' if m['role'] == 'assistant' else m['role'] }} "
-    "{{ m['content'] }} <end_of_turn> {% endfor %}{% if add_generation_prompt %}<start_of_turn> model {% endif %}"
-)
 QUESTIONS = [
     {"question_id": 81, "category": "writing", "turns": ["a happy cat", "now a sad dog"]},
     {"question_id": 111, "category": "math", "turns": ["red sun", "blue moon"], "reference": ["hot", "cold"]},
@@ -50,29 +45,9 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
-    wl = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SPECIALS + WORDS)}, unk_token="<unk>"))
-    wl.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=wl, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                                   unk_token="<unk>", additional_special_tokens=SPECIALS[4:],
-                                   chat_template=CHAT_TEMPLATE if chat else None)
-
-
 @pytest.fixture(scope="module")
 def _model() -> Gemma2ForCausalLM:
-    cfg = Gemma2Config(vocab_size=len(SPECIALS + WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-                       attn_implementation="eager")
-    torch.manual_seed(0)
-    return Gemma2ForCausalLM(cfg).eval()
+    return tiny_gemma(len(SPECIALS + WORDS), n_layers=2, max_positions=256)
 
 
 @pytest.fixture
@@ -90,7 +65,7 @@ def spy_steer(model, seen: list):
 # ---- generation -------------------------------------------------------------------------------------------------
 
 def test_one_turn_chat_is_exactly_generate(model):
-    tok, prompts = tiny_tokenizer(), ["the cat sat on the mat", "big dog", "a red apple and a cup of hot tea"]
+    tok, prompts = word_tokenizer(WORDS), ["the cat sat on the mat", "big dog", "a red apple and a cup of hot tea"]
     seen_a, seen_b = [], []
     a = generate(model, tok, prompts, max_new_tokens=8, temperature=1.0, seed=7, batch_size=2,
                  steer=spy_steer(model, seen_a))
@@ -104,7 +79,7 @@ def test_one_turn_chat_is_exactly_generate(model):
 
 
 def test_second_turn_sees_the_first_through_the_chat_template(model):
-    tok, seen = tiny_tokenizer(), []
+    tok, seen = word_tokenizer(WORDS), []
     chat = [{"role": "user", "content": "red sun"}, {"role": "assistant", "content": "hot light"},
             {"role": "user", "content": "blue moon"}]
     generate_chat(model, tok, [chat], max_new_tokens=3, temperature=0, steer=spy_steer(model, seen))
@@ -117,8 +92,8 @@ def test_second_turn_sees_the_first_through_the_chat_template(model):
     with pytest.raises(ValueError, match="ending with a user turn"):
         render_chat(tok, [chat[:2]])
     with pytest.raises(ValueError, match="no chat template"):
-        render_chat(tiny_tokenizer(chat=False), [chat])
-    assert render_chat(tiny_tokenizer(chat=False), [chat[:1]]) == ["red sun"]
+        render_chat(word_tokenizer(WORDS, chat=False), [chat])
+    assert render_chat(word_tokenizer(WORDS, chat=False), [chat[:1]]) == ["red sun"]
 
 
 def test_mt_bench_answers_use_category_temperatures_and_history(model, monkeypatch):
@@ -129,7 +104,7 @@ def test_mt_bench_answers_use_category_temperatures_and_history(model, monkeypat
         return real(model_, tok_, chats, max_new_tokens, temperature, *args, **kwargs)
 
     monkeypatch.setattr(formats, "generate_chat", recording)
-    tok = tiny_tokenizer()
+    tok = word_tokenizer(WORDS)
     answers = generate_mt_bench_answers(model, tok, QUESTIONS, "tiny-model", max_new_tokens=5, seed=3)
     temperature_of = {first: t for t, firsts, _ in calls for first in firsts}
     assert temperature_of == {"a happy cat": 0.7, "red sun": 0.0, "old tree": 0.1, "rain and snow": 0.7}

@@ -3,58 +3,26 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+from tiny import SPECIALS, tiny_gemma, word_tokenizer
+from transformers import Gemma2ForCausalLM, PreTrainedTokenizerFast
 
 from dspa_lite.method.generation import format_prompts, generate
 from dspa_lite.method.hooks import edit
 
-SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]  # ids 0..5, as Gemma2Config
-# fmt: off
-WORDS = [
-    "user", "model", "the", "a", "cat", "dog", "sat", "on", "mat", "sun", "moon", "red", "blue", "green", "big",
-    "small", "happy", "sad", "run", "jump", "eat", "sleep", "tree", "house", "car", "road", "river", "sky", "cloud",
-    "rain", "snow", "wind", "fire", "stone", "bird", "fish", "apple", "bread", "milk", "tea", "cup", "book", "pen",
-    "door", "window", "chair", "table", "light", "dark", "fast", "slow", "old", "new", "hot", "cold", "good", "bad",
-    "yes",
-]  # ids 6..63
-# fmt: on
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<start_of_turn> {{ m['role'] }} {{ m['content'] }} <end_of_turn> "
-    "{% endfor %}{% if add_generation_prompt %}<start_of_turn> model {% endif %}"
-)
+WORDS = """user model the a cat dog sat on mat sun moon red blue green big small happy sad run jump eat sleep tree house
+car road river sky cloud rain snow wind fire stone bird fish apple bread milk tea cup book pen door window chair table
+light dark fast slow old new hot cold good bad yes""".split()  # ids 6..63
+
 PROMPTS = ["the cat sat on the mat", "big dog", "a red apple and a cup of hot tea", "sun moon", "fish"]
-
-
-def build_tiny_gemma() -> Gemma2ForCausalLM:
-    cfg = Gemma2Config(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, attn_implementation="eager",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return Gemma2ForCausalLM(cfg).eval()
-
-
-def build_tiny_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
-    assert len(vocab) == 64, len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
-        additional_special_tokens=["<start_of_turn>", "<end_of_turn>"], chat_template=CHAT_TEMPLATE if chat else None,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def _tiny_gemma() -> Gemma2ForCausalLM:
-    return build_tiny_gemma()
+    return tiny_gemma(len(SPECIALS + WORDS))
 
 
 @pytest.fixture
@@ -64,21 +32,12 @@ def model(_tiny_gemma: Gemma2ForCausalLM) -> Gemma2ForCausalLM:
 
 @pytest.fixture
 def tokenizer() -> PreTrainedTokenizerFast:
-    return build_tiny_tokenizer()
+    return word_tokenizer(WORDS, add_bos=True)
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(1234)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matmuls are slower with threads, and on a busy 2-core machine by 10x; restore the count after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def greedy_reference(model: Gemma2ForCausalLM, tokenizer: PreTrainedTokenizerFast, prompt: str, n: int) -> str:
@@ -100,7 +59,7 @@ def test_format_prompts(tokenizer: PreTrainedTokenizerFast) -> None:
     assert format_prompts(tokenizer, ["big dog"]) == [
         "<bos><start_of_turn> user big dog <end_of_turn> <start_of_turn> model "
     ]
-    assert format_prompts(build_tiny_tokenizer(chat=False), ["big dog"]) == ["big dog"]
+    assert format_prompts(word_tokenizer(WORDS, chat=False, add_bos=True), ["big dog"]) == ["big dog"]
     with pytest.raises(ValueError, match="prompt 1 is ''"):
         format_prompts(tokenizer, ["big dog", ""])
     with pytest.raises(ValueError, match="prompt 0 is 3"):
@@ -117,7 +76,7 @@ def test_bos_is_added_once(model: Gemma2ForCausalLM, tokenizer: PreTrainedTokeni
         return edit(model, 0, lambda h: h)
 
     generate(model, tokenizer, ["big dog"], max_new_tokens=1, temperature=0, steer=spy)
-    generate(model, build_tiny_tokenizer(chat=False), ["big dog"], max_new_tokens=1, temperature=0, steer=spy)
+    generate(model, word_tokenizer(WORDS, chat=False, add_bos=True), ["big dog"], max_new_tokens=1, temperature=0, steer=spy)
     assert seen[0][0].tolist() == [2, 4, 6, 20, 11, 5, 4, 7]  # template writes <bos>; no second one
     assert seen[1][0].tolist() == [2, 20, 11]  # no template: the tokenizer adds <bos>
 
@@ -168,7 +127,7 @@ def test_tokenizer_is_not_mutated(model: Gemma2ForCausalLM, tokenizer: PreTraine
 
 
 def test_missing_pad_token_falls_back_to_eos_and_is_restored(model: Gemma2ForCausalLM) -> None:
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = word_tokenizer(WORDS, add_bos=True)
     with_pad = generate(model, tokenizer, PROMPTS[:2], max_new_tokens=4, temperature=0)
     tokenizer.pad_token = None
     assert generate(model, tokenizer, PROMPTS[:2], max_new_tokens=4, temperature=0) == with_pad

@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
+from tiny import tiny_gemma
 from torch import nn
-from transformers import Gemma2Config, Gemma2ForCausalLM
+from transformers import Gemma2ForCausalLM
 
 from dspa_lite.method.hooks import capture, check_layer, decoder_layers, edit, forward_until
 
 N_LAYERS, D_MODEL = 3, 32
 
 
-def build_tiny_gemma() -> Gemma2ForCausalLM:
-    cfg = Gemma2Config(
-        vocab_size=64, hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, attn_implementation="eager",
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return Gemma2ForCausalLM(cfg).eval()
-
-
 @pytest.fixture(scope="session")
 def _tiny_gemma() -> Gemma2ForCausalLM:
-    return build_tiny_gemma()
+    return tiny_gemma(64, n_layers=N_LAYERS)
 
 
 @pytest.fixture
@@ -37,15 +28,6 @@ def model(_tiny_gemma: Gemma2ForCausalLM) -> Gemma2ForCausalLM:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(1234)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny matmuls are slower with threads, and on a busy 2-core machine by 10x; restore the count after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+from tiny import lm_eval_task, tiny_gemma, word_tokenizer
+from transformers import PreTrainedTokenizerFast
 
 from dspa_lite import DSPA
 from dspa_lite.method.cdmap import CDMap, CDMapConfig
@@ -39,14 +39,6 @@ DOCS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class TinySAE(torch.nn.Module):
     """ReLU SAE with unit-norm random decoder rows, shaped like an sae-lens SAE as far as dspa_lite looks."""
 
@@ -64,59 +56,17 @@ class TinySAE(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", *WORDS])}
-    wl = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    wl.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=wl, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
-                                  eos_token="<eos>")
+    tok = word_tokenizer(list(WORDS), chat=False)
     tok_dir = tmp_path_factory.mktemp("tok")
     tok.save_pretrained(tok_dir)  # the tokenizer survives a save/load round trip, as a real one would
     tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
-    cfg = Gemma2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
-                       pad_token_id=0, bos_token_id=2, eos_token_id=3, attn_implementation="eager")
-    torch.manual_seed(0)
-    model = Gemma2ForCausalLM(cfg).eval()
+    model = tiny_gemma(len(tok), n_layers=2)
 
     root = tmp_path_factory.mktemp("lmeval")
     data = root / "toy_mc.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
-    (root / "tasks").mkdir()
-    (root / "tasks" / "toy_mc.yaml").write_text(f"""task: dspa_toy_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-  cache_dir: {root / "hf_datasets"}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}} Answer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-""")
-    (root / "tasks" / "toy_gen.yaml").write_text(f"""task: dspa_toy_gen
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-  cache_dir: {root / "hf_datasets"}
-test_split: test
-output_type: generate_until
-doc_to_text: "Question: {{{{question}}}} Answer:"
-doc_to_target: "{{{{choices[answer]}}}}"
-generation_kwargs:
-  until: ["Question:"]
-  max_gen_toks: 3
-  do_sample: false
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-""")
+    lm_eval_task(root / "tasks", "dspa_toy_mc", data)
+    lm_eval_task(root / "tasks", "dspa_toy_gen", data, generate=True)
     tm = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
 
     sae_in, sae_out = TinySAE(32, 64, 0, seed=1), TinySAE(32, 64, 1, seed=2)

@@ -15,6 +15,7 @@ import socket
 import hubfixtures as hf
 import pytest
 import torch
+from tiny import lm_eval_task
 
 from dspa_lite import cli
 from dspa_lite.evaluation import pipeline
@@ -63,21 +64,6 @@ def test_dry_run_prints_the_plan_and_loads_nothing(tmp_path, capsys, nothing_loa
     assert "unknown profile 'gemma-7'" in capsys.readouterr().err
 
 
-MC_TASK = """task: toy_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}} Answer:"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +93,7 @@ def inputs(tmp_path_factory):
         {"question": f"what colour is the {w}", "choices": ["blue", "green", "white"], "answer": i % 3}) + "\n"
         for i, w in enumerate(["sky", "grass", "snow", "sea"])))
     (tasks := root / "tasks").mkdir()
-    (tasks / "toy_mc.yaml").write_text(MC_TASK.format(data=docs))
+    lm_eval_task(tasks, "toy_mc", docs)
     yield shrunk.with_paths(model_path=folder, sae_paths=saes), dict(
         data=data, mt_bench_questions=questions, alpaca_file=alpaca, lm_eval_include=tasks)
     torch.set_num_threads(threads)
