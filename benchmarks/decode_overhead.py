@@ -1,14 +1,14 @@
 """Decoding overhead of steering: wall time per generated token and per decoding step, steered vs unsteered.
 
-Each method (unsteered, DSPA, static SAE, CAA; the ``steering-vectors`` peer when ``import steering_vectors`` works,
-i.e. under transformers < 5, benchmarks/requirements-peer.txt, writing ``decode_overhead_peer``) generates through its
+Each method (unsteered, DSPA, static SAE, CAA, and the ``steering-vectors`` peer where ``import steering_vectors``
+works: transformers < 5, benchmarks/requirements-peer.txt, section ``decode_overhead_peer``) generates through its
 ``.generate`` with the same prompts, seed and batch and exactly ``n`` new tokens (``min_new_tokens = n``). Timing:
-``torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0)`` (one warm-up, one timed call) per method, repeat and
-length (``n`` tokens and 1), methods rotated each repeat; a decoding step is ``(T(n) - T(1)) / (n - 1)``; ratios are
-medians of per-repeat ratios to unsteered. Parts: one ``torch.profiler`` call per method, read by the
-``record_function`` labels in ``dspa_lite.method`` (``LABELS``). Models: ``toy`` (the shipped world, methods at
-``experiment.DEFAULTS``) and ``gemma`` (random fp32 weights in google/gemma-2-2b's shape, random 16k JumpReLU SAEs at
-layers 12/20, a synthetic random map: speed only; about 12 GB of RAM).
+``torch.utils.benchmark.Timer.blocked_autorange(min_run_time=0)`` (a warm-up call, then one timed call) per method,
+repeat and length (``n`` new tokens and 1), the methods rotated each repeat; a decoding step is
+``(T(n) - T(1)) / (n - 1)``; ratios are medians of per-repeat ratios to unsteered. Parts: one ``torch.profiler`` call
+per method, read by the ``record_function`` labels in ``dspa_lite.method`` (``LABELS``). Models: ``toy`` (the shipped
+world, methods at ``experiment.DEFAULTS``) and ``gemma`` (random fp32 weights in google/gemma-2-2b's shape, random
+16k JumpReLU SAEs at layers 12/20, a synthetic random map: speed only; about 12 GB of RAM).
 
     OMP_NUM_THREADS=1 python benchmarks/decode_overhead.py [--quick] [--models toy gemma] [--json]
 """
@@ -16,6 +16,7 @@ layers 12/20, a synthetic random map: speed only; about 12 GB of RAM).
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 import sys
 import tempfile
@@ -42,10 +43,7 @@ QUICK = {"toy": dict(batch=8, new_tokens=32, repeats=5), "gemma": dict(batch=1, 
 GEMMA_LAYERS = (12, 20)  # dspa_lite.loading.profiles' gemma-2-2b l_in, l_out
 LABELS = {"hooks.edit": "edit hook", "dspa.LatentEdit": "LatentEdit", "dspa.LatentEdit.encode": "SAE encode in the edit",
           "dspa.prompt_features": "prompt pass u(x)", "dspa.map_lookup": "map lookup + K selection"}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+log = functools.partial(print, file=sys.stderr, flush=True)
 
 
 def gemma2_2b_config(**overrides):
@@ -85,7 +83,7 @@ def peer_version() -> str | None:
 
 
 def time_interleaved(methods: dict, prompts, n: int, repeats: int, label: str) -> dict:
-    """``{(method, tokens): [Measurement per repeat]}`` for ``n`` new tokens and for 1, methods rotated per repeat."""
+    """``{(method, tokens): [Measurement per repeat]}`` for ``n`` new tokens and for 1, the methods rotated per repeat."""
     timers = {(name, k): benchmark.Timer(
         "m.generate(p, max_new_tokens=k, temperature=1.0, seed=0, batch_size=len(p))",
         setup="m.model.generation_config.min_new_tokens = k",  # no early stop: exactly k new tokens
@@ -96,13 +94,12 @@ def time_interleaved(methods: dict, prompts, n: int, repeats: int, label: str) -
         for name in names[r % len(names):] + names[:r % len(names)]:
             for k in (n, 1):
                 runs[name, k].append(timers[name, k].blocked_autorange(min_run_time=0))
-        log(f"  {label} repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{x} {runs[x, n][-1].median:.3f} s" for x in names))
+        log(f"  {label} repeat {r + 1}/{repeats}: " + ", ".join(f"{x} {runs[x, n][-1].median:.3f} s" for x in names))
     return runs
 
 
 def ratios(runs: dict, name: str, n: int, batch: int) -> dict:
-    """Medians (ms) and per-repeat ratios to unsteered (median and range) of one method's timed calls."""
+    """One method's medians (ms) and per-repeat ratios to unsteered (median and range)."""
     def walls(x, k):
         return [m.median for m in runs[x, k]]
 
@@ -119,7 +116,7 @@ def ratios(runs: dict, name: str, n: int, batch: int) -> dict:
 
 
 def profile_call(method, prompts, n: int) -> tuple[dict, list[str]]:
-    """One profiled ``generate`` call: calls, total and median ms per call of each label in ``LABELS``."""
+    """One profiled ``generate`` call: calls, total and median ms per call of each label in ``LABELS``; the texts."""
     method.model.generation_config.min_new_tokens = n
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         out = method.generate(prompts, max_new_tokens=n, temperature=1.0, seed=0, batch_size=len(prompts))
@@ -131,18 +128,17 @@ def profile_call(method, prompts, n: int) -> tuple[dict, list[str]]:
             for e in prof.key_averages() if e.key in LABELS}, out
 
 
-def measure(methods: dict, prompts, s: dict, l_in: int, title: str) -> dict:
+def measure(methods: dict, prompts, s: dict, l_in: int, label: str, title: str) -> dict:
     """Timed (interleaved) and profiled calls of every method (``methods`` starts with ``"none"``), and the analytic
     FLOP share of each edit in a decoding step at mid-generation (``flops.decode_overhead``)."""
     n, model, tok = s["new_tokens"], methods["none"].model, methods["none"].tokenizer
     old = model.generation_config.min_new_tokens
     try:
-        runs = time_interleaved(methods, prompts, n, s["repeats"], title.split()[0])
+        runs = time_interleaved(methods, prompts, n, s["repeats"], label)
         profiled = {name: profile_call(m, prompts, n) for name, m in methods.items() if name != "none"}
     finally:
         model.generation_config.min_new_tokens = old
     compare = benchmark.Compare([m for ms in runs.values() for m in ms])
-    compare.trim_significant_figures()
     log(str(compare))
     res = {name: ratios(runs, name, n, len(prompts)) for name in methods}
     plen = max(len(tok(t, add_special_tokens=False).input_ids) for t in format_prompts(tok, prompts))
@@ -171,13 +167,14 @@ def steerers(model, tokenizer, sae_in, sae_out, cdmap, vector, layer: int, peer:
     return methods
 
 
-def run_toy(world, cdmap, s: dict, peer: bool = False) -> dict:
-    """The shipped toy world's model and SAEs, ``cdmap`` and CAA's mean-difference vector (as ``build_methods``)."""
-    vector = mean_difference(world.model, world.tokenizer, world.triples("train"), world.l_out)
+def run_toy(world, cdmap, s: dict, peer: bool = False, triples: int | None = None) -> dict:
+    """The shipped toy world's model and SAEs, ``cdmap``, CAA's mean-difference vector over the first ``triples``
+    training triples (all: as ``experiment.build_methods``)."""
+    vector = mean_difference(world.model, world.tokenizer, world.triples("train")[:triples], world.l_out)
     methods = steerers(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, vector, world.l_out, peer)
     params = sum(p.numel() for p in world.model.parameters())
-    return measure(methods, world.prompts("test", 200)[:s["batch"]], s, world.l_in,
-                   f"toy world model ({params / 1e6:.2f}M parameters, SAEs of width {world.sae_out.cfg.d_sae} at "
+    return measure(methods, world.prompts("test", 200)[:s["batch"]], s, world.l_in, "toy",
+                   f"Toy world model ({params / 1e6:.2f}M parameters, SAEs of width {world.sae_out.cfg.d_sae} at "
                    f"layers {world.l_in}/{world.l_out})")
 
 
@@ -215,9 +212,8 @@ def random_model(cfg, seed: int = 0, std: float = 0.02):
         model = Gemma2ForCausalLM(cfg)
     model = model.to_empty(device="cpu").eval()
     model.tie_weights()  # to_empty gives the tied LM head its own storage
-    g = torch.Generator().manual_seed(seed)
     a = std * 3 ** 0.5
-    pool = torch.empty(2**24 + 7).uniform_(-a, a, generator=g)  # tiled into every matrix: drawing 2.6B numbers is slow
+    pool = torch.empty(2**24 + 7).uniform_(-a, a, generator=torch.Generator().manual_seed(seed))  # drawing 2.6B is slow
     with torch.no_grad():
         for p in model.parameters():
             p.requires_grad_(False)
@@ -257,26 +253,27 @@ def run_gemma(tokenizer, prompts, s: dict, peer: bool) -> dict:
     vector *= 0.1 * float(acts.pop(l_out).norm(dim=-1).mean()) / vector.norm()  # a tenth of the residual norm
     methods = steerers(model, tokenizer, sae_in, sae_out, cdmap, vector, l_out, peer)
     params = sum(x.numel() for x in model.parameters())
-    return measure(methods, prompts, s, l_in, f"gemma: random weights in google/gemma-2-2b's shape ({params / 1e9:.2f}B "
+    return measure(methods, prompts, s, l_in, "gemma", f"Random weights in google/gemma-2-2b's shape ({params / 1e9:.2f}B "
                    f"parameters, fp32, eager attention), random 16k JumpReLU SAEs at layers {l_in}/{l_out}, a "
                    "synthetic random map")
 
 
 def table(d: dict) -> list[str]:
-    def ms(r, label):
-        return f"{r['parts'][label]['median_ms']:.3g}" if label in r.get("parts", {}) else ""
+    def num(x: float) -> str:
+        return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
+    head = ["method", "ms / generated token", "ratio (range)", "ms / decoding step", "ratio (range)", "first token, ms",
+            *(f"{v}, ms" for v in LABELS.values()), "edit hook / unsteered step", "analytic FLOP share"]
     lines = [f"### {d['title']}: batch {d['batch']}, {d['new_tokens']} new tokens, {d['repeats']} repeats", "",
-             "| method | ms / generated token | ratio (range) | ms / decoding step | ratio (range) | first token, ms | "
-             + " | ".join(f"{v}, ms" for v in LABELS.values()) + " | edit hook / unsteered step | analytic FLOP share |",
-             "|---" * 13 + "|"]
+             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for name, r in d["results"].items():
-        e, s = r["ratio_e2e_range"], r["ratio_step_range"]
-        share = f"{100 * r['hook_share_of_step']:.2f}%" if "hooks.edit" in r.get("parts", {}) else ""
-        lines.append(f"| {name} | {r['ms_per_token']:.3g} | {r['ratio_e2e']:.3f} ({e[0]:.2f}-{e[1]:.2f}) | "
-                     f"{r['ms_per_step']:.3g} | {r['ratio_step']:.3f} ({s[0]:.2f}-{s[1]:.2f}) | "
-                     f"{r['first_token_ms']:.3g} | " + " | ".join(ms(r, k) for k in LABELS) + f" | {share} | "
-                     + (f"{100 * r['analytic_share']:.2f}%" if "analytic_share" in r else "") + " |")
+        (e0, e1), (s0, s1), parts = r["ratio_e2e_range"], r["ratio_step_range"], r.get("parts", {})
+        cells = [name, num(r["ms_per_token"]), f"{r['ratio_e2e']:.3f} ({e0:.2f}-{e1:.2f})", num(r["ms_per_step"]),
+                 f"{r['ratio_step']:.3f} ({s0:.2f}-{s1:.2f})", num(r["first_token_ms"]),
+                 *(num(parts[k]["median_ms"]) if k in parts else "" for k in LABELS),
+                 f"{100 * r['hook_share_of_step']:.2f}%" if "hooks.edit" in parts else "",
+                 f"{100 * r['analytic_share']:.2f}%" if "analytic_share" in r else ""]
+        lines.append("| " + " | ".join(cells) + " |")
     if "same_text_as_caa" in d["results"].get("steering-vectors", {}):
         lines += ["", f"steering-vectors text identical to CAA's: {d['results']['steering-vectors']['same_text_as_caa']}"]
     return lines + [""]
@@ -285,13 +282,12 @@ def table(d: dict) -> list[str]:
 def main() -> None:
     args = _report.parse_args(__doc__, "fewer repeats and tokens", extra=lambda ap: ap.add_argument(
         "--models", nargs="+", choices=("toy", "gemma"), default=["toy", "gemma"], help="which models (default both)"))
-    t0, sizes, sv = time.perf_counter(), QUICK if args.quick else FULL, peer_version()
     import transformers
 
     from dspa_lite import toyworld
     from dspa_lite.evaluation.experiment import fit_maps
 
-    world = toyworld.load()
+    t0, sizes, sv, world = time.perf_counter(), QUICK if args.quick else FULL, peer_version(), toyworld.load()
     data = {"settings": {m: sizes[m] for m in args.models}, "steering": DEFAULTS, "threads": torch.get_num_threads(),
             "transformers": transformers.__version__, "steering_vectors": sv, "labels": LABELS, "models": {}}
     if "toy" in args.models:
@@ -303,13 +299,12 @@ def main() -> None:
     md = [_report.header("Decoding overhead of steering" + (" (peer environment)" if sv else "")
                          + (" (quick)" if args.quick else "")),
           f"transformers {transformers.__version__}, torch threads {data['threads']}, steering-vectors "
-          f"{sv or 'not installed (peer skipped)'}; steering at {DEFAULTS}; run time {data['seconds'] / 60:.1f} min. "
+          f"{sv or 'not importable (peer skipped)'}; steering at {DEFAULTS}; run time {data['seconds'] / 60:.1f} min. "
           "Times: medians over repeats; ratios: median (range) of per-repeat ratios to unsteered; parts: median ms "
           "per call in one profiled call (torch.profiler, `record_function` labels).", ""]
     for d in data["models"].values():
         md += table(d)
-    name = "decode_overhead" + ("_peer" if sv else "") + ("_quick" if args.quick else "")
-    _report.publish(name, md, data, args.json)
+    _report.publish("decode_overhead" + ("_peer" if sv else "") + ("_quick" if args.quick else ""), md, data, args.json)
 
 
 if __name__ == "__main__":
