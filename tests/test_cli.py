@@ -23,7 +23,7 @@ def test_build_toy_json_is_the_last_line(world):
 def test_build_toy_refuses_an_occupied_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     out = _run("build-toy", "--seed", "3", "--out", str(tmp_path))
-    assert out.returncode == 2 and "--force" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 5 and "--force" in out.stderr and "Traceback" not in out.stderr
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
@@ -46,10 +46,10 @@ def test_fit_generate_eval(world, tmp_path):
 
 def test_clear_errors(tmp_path):
     out = _run("generate", "--map", str(tmp_path / "nope"), "--prompt", "hi !")
-    assert out.returncode == 2 and "no CDMap folder" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 4 and "no CDMap folder" in out.stderr and "Traceback" not in out.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b"}\n')
     out = _run("fit", "--triples", str(bad), "--out", str(tmp_path / "m"))
-    assert out.returncode == 2 and "line 1" in out.stderr and "rejected" in out.stderr
+    assert out.returncode == 3 and "line 1" in out.stderr and "rejected" in out.stderr
     out = _run("build-toy", "--seed", "2", env={"DSPA_CACHE": str(bad / "x"), "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 2 and "DSPA_CACHE" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 6 and "DSPA_CACHE" in out.stderr and "Traceback" not in out.stderr

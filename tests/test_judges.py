@@ -304,7 +304,7 @@ def test_cli_eval_endpoint_without_a_judge_is_a_clear_error(monkeypatch, capsys)
 
     monkeypatch.delenv("DSPA_JUDGE_BASE_URL", raising=False)
     monkeypatch.delenv("DSPA_JUDGE_MODEL", raising=False)
-    assert main(["eval", "--judge", "endpoint", "--methods", "none,dspa"]) == 2
+    assert main(["eval", "--judge", "endpoint", "--methods", "none,dspa"]) == 8  # a judge error
     assert "set DSPA_JUDGE_BASE_URL and DSPA_JUDGE_MODEL" in capsys.readouterr().err
     assert main(["eval", "--judge", "endpoint", "--methods", "dspa"]) == 2
     assert "list 'none'" in capsys.readouterr().err

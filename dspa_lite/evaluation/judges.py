@@ -7,9 +7,11 @@ judge's position bias, and the verdict is mapped back.
 
 Configure with ``DSPA_JUDGE_BASE_URL`` (e.g. ``http://localhost:8000/v1``), ``DSPA_JUDGE_MODEL`` and
 ``DSPA_JUDGE_API_KEY``, or pass the same fields to :class:`JudgeConfig`. Requests are retried with
-exponential backoff on HTTP 429/5xx and connection errors. Every answer is appended (one ``os.write``
-per JSONL line, fsynced) to a cache keyed by ``sha256(judge model, prompt messages)``, so an interrupted
-run resumes without re-asking, and answers already received survive a later failure. Numbers from a
+exponential backoff on HTTP 429/5xx and connection errors. Every answer with a readable verdict is appended (one
+``os.write`` per JSONL line, fsynced) to a cache keyed by ``sha256(judge model, prompt messages)``, so an interrupted
+run resumes without re-asking, and answers already received survive a later failure; unreadable answers are counted
+(``Judge.unparsed``) and asked again next time, and if the cache cannot be written the answers are kept in memory
+(``Judge.unsaved``, ``Judge.cache_error``). Ctrl-C stops at once: requests run in daemon threads. Numbers from a
 judge other than the benchmarks' own (GPT-4 for MT-Bench, AlpacaEval's annotator) are not comparable
 with their leaderboards.
 """
@@ -21,7 +23,7 @@ import hashlib
 import http.client
 import json
 import os
-import random
+import queue
 import re
 import sys
 import threading
@@ -29,25 +31,20 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..method.checks import check_float
 from .protocols import (  # re-exported: the protocols' records and scores belong to the judge's public API
-    GRADE_TURN1,
-    GRADE_TURN2,
-    NEED_REFERENCE,
-    PAIRWISE,
-    REFERENCE,
-    RUBRIC,
-    SYSTEM,
     Comparison,
     Rating,
+    mt_bench_jobs,
     mt_bench_score,
+    pairwise_jobs,
     parse_rating,
     parse_verdict,
     win_rate,
@@ -92,9 +89,8 @@ class JudgeConfig:
         if not (isinstance(self.model, str) and self.model.strip()):
             raise ValueError(f"model={self.model!r}: name the judge model (set DSPA_JUDGE_MODEL or pass model=)")
         for name in ("temperature", "timeout_s", "backoff_s", "max_backoff_s", "price_prompt_per_1k",
-                     "price_completion_per_1k"):
-            if not (isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0):
-                raise ValueError(f"JudgeConfig.{name}={getattr(self, name)!r} must be a number >= 0")
+                     "price_completion_per_1k"):  # timeout_s: the seconds to wait for each answer, not 0
+            check_float(getattr(self, name), f"JudgeConfig.{name}", above_low=name == "timeout_s")
         for name, low in (("max_tokens", 1), ("max_retries", 0), ("max_workers", 1)):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or \
                     getattr(self, name) < low:
@@ -149,8 +145,12 @@ class Judge:
         else:
             self.cache_path = Path(self.config.cache_path).expanduser()
         self._lock = threading.Lock()
+        self._stop = threading.Event()  # set to stop the worker threads of the current chat() call
         self._cache = self._load_cache()
         self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.unparsed = 0  # answers without a readable verdict or score: returned, not cached
+        self.unsaved = 0  # answers kept in memory only, because the cache file could not be written
+        self.cache_error: str | None = None
 
     @property
     def cost(self) -> float:
@@ -176,16 +176,23 @@ class Judge:
     def _append(self, row: dict) -> None:
         data = (json.dumps(row, ensure_ascii=False) + "\n").encode()
         with self._lock:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            if self.cache_path.exists() and (size := self.cache_path.stat().st_size):
-                with open(self.cache_path, "rb") as f:
-                    f.seek(size - 1)
-                    if f.read(1) != b"\n":  # never glue a row onto a line torn by a crash
-                        data = b"\n" + data
-            with open(self.cache_path, "ab", buffering=0) as f:  # unbuffered: one write() per row, so appends
-                f.write(data)  # from threads or processes do not interleave
-                os.fsync(f.fileno())
-            self._cache[row["key"]] = row
+            self._cache[row["key"]] = row  # kept for this run even if the file cannot be written
+            try:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                if self.cache_path.exists() and (size := self.cache_path.stat().st_size):
+                    with open(self.cache_path, "rb") as f:
+                        f.seek(size - 1)
+                        if f.read(1) != b"\n":  # never glue a row onto a line torn by a crash
+                            data = b"\n" + data
+                with open(self.cache_path, "ab", buffering=0) as f:  # unbuffered: one write() per row, so appends
+                    f.write(data)  # from threads or processes do not interleave
+                    os.fsync(f.fileno())
+            except OSError as e:  # the answer is paid for: keep it in memory and say where it could not go
+                self.unsaved += 1
+                if self.cache_error is None:
+                    self.cache_error = f"{self.cache_path}: {e.strerror or e}"
+                    print(f"judge cache {self.cache_error}: answers are kept in memory for this run only",
+                          file=sys.stderr)
 
     def _post(self, messages: list[dict]) -> dict:
         c = self.config
@@ -195,8 +202,8 @@ class Judge:
             headers["Authorization"] = f"Bearer {c.api_key}"
         last, wait = "no attempt made", 0.0
         for attempt in range(c.max_retries + 1):
-            if attempt:
-                time.sleep(wait or min(c.max_backoff_s, c.backoff_s * 2 ** (attempt - 1)))
+            if attempt and self._stop.wait(wait or min(c.max_backoff_s, c.backoff_s * 2 ** (attempt - 1))):
+                raise JudgeError(f"judge endpoint {c.endpoint}: stopped while retrying ({last})")
             request = urllib.request.Request(c.endpoint, json.dumps(payload).encode(), headers, method="POST")
             wait = 0.0
             try:
@@ -222,7 +229,7 @@ class Judge:
                 last = f"HTTP 200 with a body that is not JSON: {raw[:200]!r}"
         raise JudgeError(f"judge endpoint {c.endpoint} failed {c.max_retries + 1} times; last error: {last}")
 
-    def _ask(self, messages: list[dict], key: str) -> Reply:
+    def _ask(self, messages: list[dict], key: str, parse: Callable[[str], Any] | None = None) -> Reply:
         body = self._post(messages)
         try:
             content = body["choices"][0]["message"]["content"] or ""
@@ -235,38 +242,70 @@ class Judge:
             self.usage["requests"] += 1
             for k, v in usage.items():
                 self.usage[k] += v
-        self._append({"key": key, "model": self.config.model, "messages": messages, "content": content,
-                       "usage": usage, "time": time.time()})
+            unreadable = parse is not None and parse(content) is None
+            self.unparsed += unreadable
+        if not unreadable:  # an answer without a verdict is not cached: a rerun asks again
+            self._append({"key": key, "model": self.config.model, "messages": messages, "content": content,
+                          "usage": usage, "time": time.time()})
         return Reply(content, usage, cached=False)
 
-    def chat(self, prompts: Sequence[list[dict]], progress: bool = True, desc: str = "judge") -> list[Reply]:
-        """Answer each message list, from the cache when possible, concurrently, with a progress bar.
+    def _run(self, todo: dict[str, list[dict]], parse, bar) -> tuple[dict[str, Reply], Exception | None]:
+        """Ask ``todo`` on daemon threads; stop at the first failure (letting in-flight answers be cached) or at
+        once on Ctrl-C (the threads die with the process instead of holding it for ``timeout_s``)."""
+        jobs: queue.Queue = queue.Queue()
+        results: queue.Queue = queue.Queue()
+        for item in todo.items():
+            jobs.put(item)
 
-        If a request fails for good, the answers received so far are already in the cache and
-        :class:`JudgeError` says so: rerunning resumes from there.
-        """
-        keys = [cache_key(self.config.model, p) for p in prompts]
-        todo = {k: p for k, p in zip(keys, prompts, strict=True) if k not in self._cache}  # also de-duplicates
-        bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, file=sys.stderr, disable=not progress)
+        def work():
+            while not self._stop.is_set():
+                try:
+                    key, messages = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results.put((key, self._ask(messages, key, parse), None))
+                except Exception as e:  # reported by the caller
+                    results.put((key, None, e))
+
+        self._stop.clear()
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(min(self.config.max_workers, len(todo)))]
+        for t in threads:
+            t.start()
         fresh: dict[str, Reply] = {}
         failure: Exception | None = None
-        pool = ThreadPoolExecutor(self.config.max_workers)
         try:
-            futures = {pool.submit(self._ask, p, k): k for k, p in todo.items()}
-            for future in as_completed(futures):
-                if future.cancelled():
-                    continue
+            while any(t.is_alive() for t in threads) or not results.empty():
                 try:
-                    fresh[futures[future]] = future.result()
-                except Exception as e:  # stop asking; what was answered is already in the cache
-                    failure = failure or e
-                    for f in futures:
-                        f.cancel()
+                    key, reply, error = results.get(timeout=0.1)
+                except queue.Empty:
                     continue
+                if error is not None:
+                    failure = failure or error
+                    self._stop.set()  # no new requests; those in flight finish and are cached
+                    continue
+                fresh[key] = reply
                 bar.update(1)
                 bar.set_postfix_str(f"~${self.cost:.4f}, {self.usage['requests']} requests")
-        finally:  # also on Ctrl-C: drop the queued requests, let the in-flight ones finish and be cached
-            pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self._stop.set()
+        return fresh, failure
+
+    def chat(self, prompts: Sequence[list[dict]], progress: bool = True, desc: str = "judge",
+             parse: Callable[[str], Any] | None = None) -> list[Reply]:
+        """Answer each message list, from the cache when possible, concurrently, with a progress bar.
+
+        ``parse(content)`` (e.g. :func:`parse_verdict`) says whether an answer is usable: answers it returns
+        ``None`` for are returned but not cached (and cached ones are asked again). If a request fails for good,
+        the answers received so far are already in the cache and :class:`JudgeError` says so: rerunning resumes.
+        """
+        keys = [cache_key(self.config.model, p) for p in prompts]
+        usable = {k for k in keys if k in self._cache and (parse is None or parse(self._cache[k]["content"]) is not None)}
+        todo = {k: p for k, p in zip(keys, prompts, strict=True) if k not in usable}  # also de-duplicates
+        bar = tqdm(total=len(keys), initial=len(keys) - len(todo), desc=desc, file=sys.stderr, disable=not progress)
+        try:
+            fresh, failure = self._run(todo, parse, bar)
+        finally:
             bar.close()
         if failure is not None:
             done = len(keys) - len(todo) + len(fresh)
@@ -284,25 +323,8 @@ class Judge:
         ``reference``) or :class:`~dspa_lite.evaluation.formats.MTBenchQuestion`. ``answers``: ``question_id`` ->
         answer turns, or a list of FastChat answer rows or :class:`~dspa_lite.evaluation.formats.MTBenchAnswer`.
         """
-        by_id = _answer_turns(answers)
-        jobs, meta = [], []
-        for q in questions:
-            qid, category, q_turns, refs = _question_fields(q)
-            if qid not in by_id:
-                raise ValueError(f"no answer for MT-Bench question {qid!r}: generate answers for every question first")
-            a_turns = by_id[qid]
-            for t in turns:
-                if t not in (1, 2) or t > min(len(q_turns), len(a_turns)):
-                    raise ValueError(f"question {qid!r}: cannot grade turn {t} with {len(q_turns)} question turns "
-                                     f"and {len(a_turns)} answer turns")
-                ref = refs[t - 1] if refs and len(refs) >= t and category in NEED_REFERENCE else None
-                reference = REFERENCE.format(ref=ref) if ref else ""
-                template = GRADE_TURN1 if t == 1 else GRADE_TURN2
-                text = template.format(rubric=RUBRIC, reference=reference, q1=q_turns[0], a1=a_turns[0],
-                                       q2=q_turns[1] if t == 2 else "", a2=a_turns[1] if t == 2 else "")
-                jobs.append([{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}])
-                meta.append((qid, t, category))
-        replies = self.chat(jobs, progress, desc="MT-Bench grading")
+        jobs, meta = mt_bench_jobs(questions, answers, turns)
+        replies = self.chat(jobs, progress, desc="MT-Bench grading", parse=parse_rating)
         return [Rating(qid, t, cat, parse_rating(r.content), r.content, r.cached)
                 for (qid, t, cat), r in zip(meta, replies, strict=True)]
 
@@ -313,17 +335,8 @@ class Judge:
         Item ``i`` shows the model's output as A or B by a coin seeded with ``(seed, i, instruction)``, so
         reruns ask exactly the same prompts (and hit the cache).
         """
-        if not len(instructions) == len(outputs) == len(references):
-            raise ValueError(f"{len(instructions)} instructions, {len(outputs)} outputs and {len(references)} "
-                             "references: they must be parallel lists")
-        positions = ["A" if random.Random(f"{seed}:{i}:{x}").random() < 0.5 else "B"
-                     for i, x in enumerate(instructions)]
-        jobs = []
-        for x, out, ref, pos in zip(instructions, outputs, references, positions, strict=True):
-            a, b = (out, ref) if pos == "A" else (ref, out)
-            jobs.append([{"role": "system", "content": SYSTEM},
-                         {"role": "user", "content": PAIRWISE.format(instruction=x, a=a, b=b)}])
-        replies = self.chat(jobs, progress, desc="pairwise judging")
+        jobs, positions = pairwise_jobs(instructions, outputs, references, seed)
+        replies = self.chat(jobs, progress, desc="pairwise judging", parse=parse_verdict)
         result = []
         for i, (x, pos, r) in enumerate(zip(instructions, positions, replies, strict=True)):
             verdict = parse_verdict(r.content)
@@ -331,19 +344,3 @@ class Judge:
             result.append(Comparison(i, x, pos, verdict, winner, r.content, r.cached))
         return result
 
-
-def _question_fields(q: Any) -> tuple[Any, str, list[str], list[str] | None]:
-    get = (lambda k: q.get(k)) if isinstance(q, Mapping) else (lambda k: getattr(q, k, None))
-    return get("question_id"), get("category") or "", list(get("turns") or []), get("reference")
-
-
-def _answer_turns(answers: Mapping[Any, Sequence[str]] | Sequence[Any]) -> dict[Any, list[str]]:
-    if isinstance(answers, Mapping):
-        return {k: list(v) for k, v in answers.items()}
-    out = {}
-    for a in answers:
-        if isinstance(a, Mapping):
-            out[a["question_id"]] = list(a["choices"][0]["turns"])
-        else:
-            out[a.question_id] = list(a.turns)
-    return out

@@ -11,13 +11,16 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["GRADE_TURN1", "GRADE_TURN2", "NEED_REFERENCE", "PAIRWISE", "REFERENCE", "RUBRIC", "SYSTEM", "Comparison",
-           "Rating", "mt_bench_score", "parse_rating", "parse_verdict", "win_rate"]
+           "Rating", "answer_turns", "mt_bench_jobs", "mt_bench_score", "pairwise_jobs", "parse_rating", "parse_verdict",
+           "question_fields", "win_rate"]
 
 NEED_REFERENCE = ("math", "reasoning", "coding")  # MT-Bench categories graded against a reference answer
 
@@ -180,3 +183,60 @@ def win_rate(comparisons: Sequence[Comparison]) -> dict:
             "ties": sum(c.winner == "tie" for c in decided), "n_unparsed": len(comparisons) - len(decided),
             "position_a_rate": ab.count("A") / len(ab) if ab else math.nan,
             "model_first_share": sum(c.model_position == "A" for c in comparisons) / max(1, len(comparisons))}
+
+
+def question_fields(q: Any) -> tuple[Any, str, list[str], list[str] | None]:
+    """``(question_id, category, turns, reference)`` of a FastChat question row or an ``MTBenchQuestion``."""
+    get = (lambda k: q.get(k)) if isinstance(q, Mapping) else (lambda k: getattr(q, k, None))
+    return get("question_id"), get("category") or "", list(get("turns") or []), get("reference")
+
+
+def answer_turns(answers: Mapping[Any, Sequence[str]] | Sequence[Any]) -> dict[Any, list[str]]:
+    """``question_id -> answer turns`` from a mapping, FastChat answer rows or ``MTBenchAnswer`` objects."""
+    if isinstance(answers, Mapping):
+        return {k: list(v) for k, v in answers.items()}
+    out = {}
+    for a in answers:
+        if isinstance(a, Mapping):
+            out[a["question_id"]] = list(a["choices"][0]["turns"])
+        else:
+            out[a.question_id] = list(a.turns)
+    return out
+
+
+def mt_bench_jobs(questions: Sequence[Any], answers, turns: Sequence[int]) -> tuple[list[list[dict]], list[tuple]]:
+    """The grading requests (message lists) for each question's answer ``turns``, and ``(qid, turn, category)``."""
+    by_id = answer_turns(answers)
+    jobs, meta = [], []
+    for q in questions:
+        qid, category, q_turns, refs = question_fields(q)
+        if qid not in by_id:
+            raise ValueError(f"no answer for MT-Bench question {qid!r}: generate answers for every question first")
+        a_turns = by_id[qid]
+        for t in turns:
+            if t not in (1, 2) or t > min(len(q_turns), len(a_turns)):
+                raise ValueError(f"question {qid!r}: cannot grade turn {t} with {len(q_turns)} question turns "
+                                 f"and {len(a_turns)} answer turns")
+            ref = refs[t - 1] if refs and len(refs) >= t and category in NEED_REFERENCE else None
+            reference = REFERENCE.format(ref=ref) if ref else ""
+            template = GRADE_TURN1 if t == 1 else GRADE_TURN2
+            text = template.format(rubric=RUBRIC, reference=reference, q1=q_turns[0], a1=a_turns[0],
+                                   q2=q_turns[1] if t == 2 else "", a2=a_turns[1] if t == 2 else "")
+            jobs.append([{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}])
+            meta.append((qid, t, category))
+    return jobs, meta
+
+
+def pairwise_jobs(instructions: Sequence[str], outputs: Sequence[str], references: Sequence[str],
+                  seed: int = 0) -> tuple[list[list[dict]], list[str]]:
+    """The pairwise requests, and where each model output is shown (``A``/``B``, a coin seeded per item)."""
+    if not len(instructions) == len(outputs) == len(references):
+        raise ValueError(f"{len(instructions)} instructions, {len(outputs)} outputs and {len(references)} "
+                         "references: they must be parallel lists")
+    positions = ["A" if random.Random(f"{seed}:{i}:{x}").random() < 0.5 else "B" for i, x in enumerate(instructions)]
+    jobs = []
+    for x, out, ref, pos in zip(instructions, outputs, references, positions, strict=True):
+        a, b = (out, ref) if pos == "A" else (ref, out)
+        jobs.append([{"role": "system", "content": SYSTEM},
+                     {"role": "user", "content": PAIRWISE.format(instruction=x, a=a, b=b)}])
+    return jobs, positions

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .profiles import PROFILES, ConfigError
+from .profiles import PROFILES, ConfigError, SettingError
 
-__all__ = ["KNOWN_PROFILES", "ConfigError", "cache_dir", "device", "env_flag", "fast_mode", "in_ci", "profile_name",
-           "seed_everything"]
+__all__ = ["KNOWN_PROFILES", "ConfigError", "SettingError", "cache_dir", "command_profile", "device", "env_flag",
+           "fast_mode", "in_ci", "profile_name", "seed_everything"]
 
 KNOWN_PROFILES = tuple(PROFILES)
 
@@ -41,7 +41,7 @@ def env_flag(name: str, default: bool = False) -> bool:
         return True
     if v in ("0", "false", "no", "off", ""):
         return False
-    raise ConfigError(f"{name}={value!r} is not a boolean: use 1 or 0")
+    raise SettingError(f"{name}={value!r} is not a boolean: use 1 or 0")
 
 
 def in_ci() -> bool:
@@ -56,7 +56,26 @@ def profile_name() -> str:
         return "tiny" if in_ci() or not torch.cuda.is_available() else "gemma-2-2b"
     known = KNOWN_PROFILES
     if name not in known:
-        raise ConfigError(f"DSPA_PROFILE={name!r} is not a known profile; choose one of {', '.join(known)}")
+        raise SettingError(f"DSPA_PROFILE={name!r} is not a known profile; choose one of {', '.join(known)}")
+    return name
+
+
+def command_profile(flag: str | None, supported: tuple[str, ...] = ("tiny",)) -> str:
+    """The profile a command runs: ``flag`` (``--profile``), else ``DSPA_PROFILE`` when set, else ``tiny``.
+
+    An unknown name, or one outside ``supported``, is a :class:`ConfigError` when it came from the flag and a
+    :class:`SettingError` when it came from the environment."""
+    if flag is not None:
+        name, where, error = flag, "--profile", ConfigError
+    elif os.environ.get("DSPA_PROFILE", "").strip():
+        name, where, error = profile_name(), "DSPA_PROFILE", SettingError
+    else:
+        name, where, error = "tiny", "the default profile", ConfigError
+    if name not in KNOWN_PROFILES:
+        raise error(f"{where}={name!r} is not a known profile; choose one of {', '.join(KNOWN_PROFILES)}")
+    if name not in supported:
+        raise error(f"{where}={name!r}: this command runs {' or '.join(supported)} only; a real model runs in Python "
+                    "(book chapter 07) or with `dspa-lite pipeline`: unset DSPA_PROFILE or pass --profile tiny")
     return name
 
 
@@ -79,7 +98,7 @@ def cache_dir(kind: str | None = None) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(
+        raise SettingError(
             f"DSPA_CACHE folder {path} is not writable ({e.strerror}); set DSPA_CACHE to a folder you can write"
         ) from None
     return path

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..method.checks import check_input_file, check_triple
 from ..method.files import atomic_write
 from ..method.triples import REQUIRED, DataError, PreferenceTriple, as_triples, data_hash
 from .hub import hub_env
@@ -59,9 +60,10 @@ def read_jsonl(path: str | os.PathLike) -> list[PreferenceTriple]:
     """Read a JSONL file of triples; any bad row raises :class:`DataError` naming the file and line.
 
     Lines are split on ``\\n`` bytes and decoded one by one, so an invalid byte is reported at its
-    line and a U+2028 inside a string (legal JSON) does not split a row. Blank lines are skipped.
+    line and a U+2028 inside a string (legal JSON) does not split a row. Blank lines are skipped; a row whose
+    chosen equals its rejected is an error, as in :func:`load_preferences`. An empty file gives ``[]``.
     """
-    path, triples, seen = Path(path), [], {}
+    path, triples, seen = check_input_file(path, "preference file"), [], {}
     for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         where = f"{path} line {lineno}"
         try:
@@ -72,7 +74,7 @@ def read_jsonl(path: str | os.PathLike) -> list[PreferenceTriple]:
         if not text.strip():
             continue
         try:
-            t = PreferenceTriple.from_dict(json.loads(text))
+            t = check_triple(PreferenceTriple.from_dict(json.loads(text)))
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
         except DataError as e:
@@ -142,13 +144,11 @@ def _row_to_triple(row: Mapping[str, Any]) -> PreferenceTriple:
         prompt, chosen, rejected = _from_transcripts(chosen, rejected)
     elif not (isinstance(chosen, str) and isinstance(rejected, str)):
         raise DataError("chosen/rejected are neither strings nor message lists")
-    if chosen == rejected:
-        raise DataError("chosen == rejected")
     # Scalar columns (UltraFeedback's prompt_id and scores, Argilla's ratings and models) travel as meta.
     meta = {k: v for k, v in row.items()
             if k not in (*REQUIRED, "category") and isinstance(v, (str, int, float, bool))}
     category = row.get("category") if isinstance(row.get("category"), str) else None
-    return PreferenceTriple(prompt, chosen, rejected, category, meta or None)
+    return check_triple(PreferenceTriple(prompt, chosen, rejected, category, meta or None))
 
 
 def _triples_from_dataset(ds: Any, source: str) -> list[PreferenceTriple]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..method.checks import check_finite_weights
 from ..method.hooks import check_layer, decoder_layers
 from . import config
 from .hub import ModelLoadError, hub_env, translated
@@ -107,6 +108,7 @@ def load(profile: Profile | str, device: str | torch.device | None = None,
         p.requires_grad_(False)
     model.config.name_or_path = profile.model_id  # the same identity from the hub or a local copy
     _check_shape(profile, model)
+    check_finite_weights(model, f"the model {what}")  # at load, not as a residual-stream NaN during a fit
     tokenizer.dspa_chat_kwargs = dict(profile.chat_kwargs)  # read by generation.format_prompts
     return model, tokenizer
 

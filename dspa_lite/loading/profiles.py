@@ -24,13 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROFILES", "ConfigError", "Profile", "get_profile", "registry_ids"]
+__all__ = ["PROFILES", "ConfigError", "Profile", "SettingError", "get_profile", "registry_ids"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
     """A setting (a profile name, an environment variable) has a value we cannot use."""
+
+
+class SettingError(ConfigError):
+    """An environment variable (``DSPA_PROFILE``, ``DSPA_CACHE``, ``DSPA_TOY_SEED``...) has a value we cannot use."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..method.checks import check_finite_weights
 from ..method.hooks import check_layer, decoder_layers
 from ..method.saes import check_sae
 from . import config
@@ -34,6 +35,7 @@ def load_from_disk(path: str | os.PathLike, device: str | torch.device = "cpu"):
     sae.eval()
     for p in sae.parameters():
         p.requires_grad_(False)
+    check_finite_weights(sae, f"the SAE at {path}")
     return sae
 
 
@@ -80,6 +82,7 @@ def load_sae(profile: Profile | str, layer: int, device: str | torch.device | No
     if profile.sae_release and not meta.release:
         meta.release, meta.sae_id = profile.sae_release, sid
     _check_sae(profile, layer, sae, where, model)
+    check_finite_weights(sae, f"the SAE from {where}")
     return sae
 
 

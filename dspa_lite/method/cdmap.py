@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .checks import check_output_folder
 from .estimators import (  # re-exported: dspa_lite.method.cdmap.estimate_map is a stable public name
     ESTIMATORS,
     LowRankMap,
@@ -34,8 +35,8 @@ from .estimators import (  # re-exported: dspa_lite.method.cdmap.estimate_map is
 from .features import POOLINGS
 from .files import atomic_folder
 
-__all__ = ["CDMap", "CDMapConfig", "CDMapFileError", "LowRankMap", "estimate_map", "prompt_scores",
-           "select_latents", "specificity_weights"]
+__all__ = ["CDMap", "CDMapConfig", "CDMapFileError", "CDMapNotFoundError", "IncompatibleMapError", "LowRankMap",
+           "estimate_map", "prompt_scores", "select_latents", "specificity_weights"]
 
 COMPAT_FIELDS = ("model_id", "sae_in_id", "sae_out_id", "l_in", "l_out", "d_model", "d_sae_in", "d_sae_out")
 TENSORS_FILE, SIDECAR_FILE, FORMAT = "cdmap.safetensors", "cdmap.json", "dspa-lite-cdmap/1"
@@ -105,6 +106,14 @@ class CDMapFileError(ValueError):
     """A saved CDMap folder is incomplete or corrupt."""
 
 
+class CDMapNotFoundError(CDMapFileError, FileNotFoundError):
+    """There is no CDMap folder (or one of its two files) at the path given."""
+
+
+class IncompatibleMapError(ValueError):
+    """A map fitted for another model, other SAEs or other layers than the ones it is applied to."""
+
+
 @dataclass(eq=False)
 class CDMap:
     """A fitted map, the ``delta`` mean/std over triples (static steering), each output latent's mean active
@@ -169,15 +178,17 @@ class CDMap:
 
     def check_compatible(self, model_id: str, sae_in_id: str, sae_out_id: str, l_in: int, l_out: int,
                          d_model: int, d_sae_in: int, d_sae_out: int) -> None:
-        """Raise ``ValueError`` listing every field where this map's provenance differs from what it is applied to."""
+        """Raise :class:`IncompatibleMapError` (a ``ValueError``), in one line, listing every field where this map's
+        provenance differs from what it is applied to; the model comes first."""
         given = dict(zip(COMPAT_FIELDS, (model_id, sae_in_id, sae_out_id, l_in, l_out, d_model, d_sae_in, d_sae_out)))
         if not (bad := [f for f in COMPAT_FIELDS if self.meta.get(f) != given[f]]):
             return
         rec = {f: self.meta.get(f, "<not recorded>") for f in COMPAT_FIELDS}
-        lines = "\n".join(f"  {f}: recorded {rec[f]!r}, given {given[f]!r}" for f in bad)
-        raise ValueError(
-            f"this map was fitted on model {rec['model_id']!r} layer {rec['l_in']}->{rec['l_out']} but is being "
-            f"applied to {model_id!r} layer {l_in}->{l_out}; mismatching fields:\n{lines}\n"
+        fields = "; ".join(f"{f}: recorded {rec[f]!r}, given {given[f]!r}" for f in bad)
+        other = "another model" if "model_id" in bad else "other SAEs or layers"
+        raise IncompatibleMapError(
+            f"wrong map for {other}: this map was fitted on model {rec['model_id']!r} layer {rec['l_in']}->{rec['l_out']} "
+            f"but is being applied to {model_id!r} layer {l_in}->{l_out}; mismatching fields: {fields}; "
             "refit with dspa-lite fit for this model and these SAEs")
 
     def save(self, dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -185,13 +196,7 @@ class CDMap:
 
         An existing ``dir`` is replaced only with ``overwrite=True`` and only if it holds nothing but a CDMap.
         """
-        target = Path(dir)
-        contents = {p.name for p in target.iterdir()} if target.is_dir() else {"?"} if target.exists() else set()
-        if contents - {TENSORS_FILE, SIDECAR_FILE}:
-            raise FileExistsError(f"refusing to replace {target}: it is a file or holds files other than a CDMap; "
-                                  "choose a new or empty folder")
-        if contents and not overwrite:
-            raise FileExistsError(f"{target} already holds a CDMap: pass overwrite=True to replace it")
+        target = check_output_folder(dir, overwrite=overwrite, owned=(TENSORS_FILE, SIDECAR_FILE), what="a CDMap")
         tensors = {n: getattr(self, n).detach().cpu().contiguous() for n in _TENSORS[1:]}
         if isinstance(self.A, LowRankMap):
             tensors |= {"A.left": self.A.left.cpu().contiguous(), "A.right": self.A.right.cpu().contiguous()}
@@ -208,9 +213,9 @@ class CDMap:
         """Read a folder written by :meth:`save`; errors name the path and suggest refitting."""
         root = Path(dir)
         if not root.is_dir():
-            raise FileNotFoundError(f"no CDMap folder at {root}: check the path, or fit one with `dspa-lite fit`")
+            raise CDMapNotFoundError(f"no CDMap folder at {root}: check the path, or fit one with `dspa-lite fit`")
         if missing := [n for n in (TENSORS_FILE, SIDECAR_FILE) if not (root / n).is_file()]:
-            raise FileNotFoundError(f"{root / missing[0]} is missing, so {root} is not a complete CDMap: {_REFIT}")
+            raise CDMapNotFoundError(f"{root / missing[0]} is missing, so {root} is not a complete CDMap: {_REFIT}")
         path = root / SIDECAR_FILE
         try:
             sidecar = json.loads(path.read_text(encoding="utf-8"))

@@ -14,6 +14,7 @@ The method (Wedgwood et al., arXiv 2603.21461; docs/design.md §3):
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from torch.profiler import record_function
 
-from .cdmap import CDMap, CDMapConfig, select_latents
+from .cdmap import CDMap, CDMapConfig, LowRankMap, select_latents
+from .checks import DegenerateMapError, check_alpha, check_choice, check_finite_weights, check_k, check_triples
 from .features import prompt_features, triple_features
 from .generation import Steerer
 from .hooks import edit
@@ -34,18 +36,27 @@ __all__ = ["DSPA", "LatentEdit", "MODES", "fit_cdmap", "masks_from"]
 MODES = ("ablate", "augment", "both")
 GATES = ("active", "none")
 POSITIONS = ("generated", "all")
+SMALL_FIT = 10  # fewer triples than this: a warning (chapter 11 measures how steering grows with data)
 
 
 def fit_cdmap(model, tokenizer, sae_in, sae_out, triples, config: CDMapConfig | None = None, *,
               l_in: int | None = None, l_out: int | None = None, progress: bool = False) -> CDMap:
-    """Fit the conditional-difference map from preference triples (two forward passes each, to ``l_out``)."""
+    """Fit the conditional-difference map from preference triples (two forward passes each, to ``l_out``).
+
+    Refused before any forward pass: fewer than ``config.n_min`` triples, a triple whose chosen equals its
+    rejected, one longer than the model's context, text mostly unknown to the tokenizer, NaN/inf SAE weights.
+    Refused after: a map that is all zero (it would steer nothing), as :class:`DegenerateMapError`."""
     config = config or CDMapConfig.default()
     l_in = sae_layer(sae_in) if l_in is None else l_in
     l_out = sae_layer(sae_out) if l_out is None else l_out
     check_sae(sae_in, l_in, "sae_in", model=model)
     check_sae(sae_out, l_out, "sae_out", model=model)
-    if not triples:
-        raise ValueError("fit_cdmap needs at least one preference triple")
+    check_finite_weights(sae_in, "sae_in")
+    check_finite_weights(sae_out, "sae_out")
+    triples = check_triples(triples, "the triples passed to fit_cdmap", min_n=config.n_min)
+    if len(triples) < SMALL_FIT:
+        warnings.warn(f"fitting on {len(triples)} triples: a map from so few steers weakly or not at all; use "
+                      "hundreds", UserWarning, stacklevel=2)
     feats = triple_features(model, tokenizer, sae_in, sae_out, l_in, l_out, triples, pooling=config.pooling,
                             exclude_template=config.exclude_template, batch_size=config.batch_size, progress=progress)
     active = (feats.V_pos > 0).float()
@@ -53,7 +64,14 @@ def fit_cdmap(model, tokenizer, sae_in, sae_out, triples, config: CDMapConfig | 
     meta = dict(model_id=model_id(model), sae_in_id=sae_id(sae_in), sae_out_id=sae_id(sae_out), l_in=l_in,
                 l_out=l_out, d_model=model.config.hidden_size, d_sae_in=sae_in.cfg.d_sae,
                 d_sae_out=sae_out.cfg.d_sae, data_hash=data_hash(triples))
-    return CDMap.from_features(feats.U, feats.Delta, latent_mean, config, meta)
+    cdmap = CDMap.from_features(feats.U, feats.Delta, latent_mean, config, meta)
+    parts = (cdmap.A.left, cdmap.A.right) if isinstance(cdmap.A, LowRankMap) else (cdmap.A,)
+    if any(float(torch.linalg.vector_norm(t, ord=float("inf"))) == 0 for t in parts):  # max |entry|, no copy
+        raise DegenerateMapError(
+            f"the map fitted on {len(triples)} triples is all zero, so it would steer nothing: no prompt latent was "
+            f"active in at least n_min={config.n_min} triples with a chosen-rejected difference; use more triples "
+            "(hundreds), in text the model reads")
+    return cdmap
 
 
 class LatentEdit:
@@ -68,13 +86,12 @@ class LatentEdit:
     def __init__(self, sae, neg: Bool[Tensor, "B d_sae"], pos: Bool[Tensor, "B d_sae"], mode: str, alpha: float,
                  gate: str = "active", latent_mean: Tensor | None = None, start: Sequence[int] | None = None,
                  every_position: bool = False):
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
-        if gate not in GATES:
-            raise ValueError(f"gate={gate!r}: choose 'active' (the paper's rule) or 'none' (ablation)")
+        check_choice(mode, MODES, "mode")
+        check_choice(gate, GATES, "gate")
+        alpha = check_alpha(alpha)
         if gate == "none" and latent_mean is None:
             raise ValueError("gate='none' injects K_pos latents at their mean active value: pass latent_mean")
-        self.sae, self.mode, self.alpha, self.gate = sae, mode, float(alpha), gate
+        self.sae, self.mode, self.alpha, self.gate = sae, mode, alpha, gate
         self.neg = neg if mode in ("ablate", "both") else torch.zeros_like(neg)
         self.pos = pos if mode in ("augment", "both") else torch.zeros_like(pos)
         self.latent_mean, self.start, self.every_position = latent_mean, start, every_position
@@ -151,14 +168,15 @@ class DSPA(Steerer):
         super().__init__(model, tokenizer)
         self.sae_in, self.sae_out, self.cdmap = sae_in, sae_out, cdmap
         self.l_in, self.l_out = int(cdmap.meta["l_in"]), int(cdmap.meta["l_out"])
-        check_sae(sae_in, self.l_in, "sae_in", model=model)
-        check_sae(sae_out, self.l_out, "sae_out", model=model)
+        # the map's provenance first: a map for another model says so, rather than "layer 12 is out of range"
         cdmap.check_compatible(model_id(model), sae_id(sae_in), sae_id(sae_out), self.l_in, self.l_out,
                                model.config.hidden_size, sae_in.cfg.d_sae, sae_out.cfg.d_sae)
-        if not 0 <= k <= sae_out.cfg.d_sae:
-            raise ValueError(f"k={k} must be between 0 and d_sae={sae_out.cfg.d_sae}")
-        if positions not in POSITIONS:
-            raise ValueError(f"positions={positions!r}: choose 'generated' or 'all'")
+        check_sae(sae_in, self.l_in, "sae_in", model=model)
+        check_sae(sae_out, self.l_out, "sae_out", model=model)
+        check_finite_weights(sae_in, "sae_in")
+        check_finite_weights(sae_out, "sae_out")
+        check_k(k, sae_out.cfg.d_sae)
+        check_choice(positions, POSITIONS, "positions")
         LatentEdit(sae_out, torch.zeros(1, 1, dtype=torch.bool), torch.zeros(1, 1, dtype=torch.bool), mode, alpha,
                    gate, cdmap.latent_mean)  # validates mode/gate now rather than at generation time
         self.mode, self.k, self.alpha, self.positions, self.gate = mode, k, alpha, positions, gate

@@ -17,6 +17,15 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checks import (
+    DataError,
+    NonFiniteError,
+    check_context,
+    check_known_tokens,
+    check_text_length,
+    model_context,
+    nonfinite_weights,
+)
 from .generation import format_prompts
 from .hooks import forward_until
 from .saes import sae_encode
@@ -126,18 +135,24 @@ def residual_rows(model, tokenizer, enc: Encoded, layers: Sequence[int], batch_s
     for b, ids, mask in batches(enc.ids, batch_size, pad, model.device):
         acts = forward_until(model, list(layers), ids, mask)
         for layer, h in acts.items():
-            _check_finite(h, layer)
+            _check_finite(h, layer, model)
         for j in range(ids.shape[0]):
             yield b + j, {layer: h[j, :len(enc.ids[b + j])] for layer, h in acts.items()}
         if progress is not None:
             progress.update(ids.shape[0])
 
 
-def _check_finite(h: Tensor, layer: int) -> None:
-    if not torch.isfinite(h).all():
-        bad = int((~torch.isfinite(h)).sum())
-        raise FloatingPointError(f"{bad} NaN/inf values in the residual stream at layer {layer}: check the model's "
-                                 "dtype (fp16 overflows on Gemma-2; use bfloat16 or float32)")
+def _check_finite(h: Tensor, layer: int, model) -> None:
+    if torch.isfinite(h).all():
+        return
+    bad = int((~torch.isfinite(h)).sum())
+    if weights := nonfinite_weights(model):  # only on failure: name the cause instead of guessing it
+        names = ", ".join(f"{n} ({c})" for n, c in weights[:3])
+        raise NonFiniteError(f"{bad} NaN/inf values in the residual stream at layer {layer}, because the model's "
+                             f"weights hold NaN/inf: {names}; reload the model (its file is corrupt or it was changed)")
+    raise NonFiniteError(f"{bad} NaN/inf values in the residual stream at layer {layer} although the weights are "
+                         "finite: check the model's dtype (fp16 overflows on Gemma-2; use bfloat16 or float32) and "
+                         "any edit hooks on the model")
 
 
 @dataclass
@@ -173,10 +188,13 @@ def triple_features(model, tokenizer, sae_in, sae_out, l_in: int, l_out: int, tr
                          "and edits a later one")
     prompts = [t.prompt for t in triples]
     U, V = [], {}
-    bar = tqdm(total=2 * len(triples), desc="features", disable=not progress, file=sys.stderr)
+    _check_triple_tokens(model, tokenizer, triples)  # huge rows, before tokenizing them
     prompt_enc = encode_texts(tokenizer, prompts)  # formatted and tokenized once for both sides
-    for side in ("chosen", "rejected"):
-        enc = with_responses(tokenizer, prompt_enc, [getattr(t, side) for t in triples])
+    encs = {side: with_responses(tokenizer, prompt_enc, [getattr(t, side) for t in triples])
+            for side in ("chosen", "rejected")}
+    _check_triple_tokens(model, tokenizer, triples, encs)  # before any forward pass
+    bar = tqdm(total=2 * len(triples), desc="features", disable=not progress, file=sys.stderr)
+    for side, enc in encs.items():
         positions = enc.content if exclude_template else enc.prompt_all
         layers = [l_in, l_out] if side == "chosen" else [l_out]
         V[side] = []
@@ -186,3 +204,20 @@ def triple_features(model, tokenizer, sae_in, sae_out, l_in: int, l_out: int, tr
                 U.append(pool(sae_encode(sae_in, acts[l_in][positions[i]]), pooling).float().cpu())
     bar.close()
     return TripleFeatures(torch.stack(U), torch.stack(V["chosen"]), torch.stack(V["rejected"]))
+
+
+def _check_triple_tokens(model, tokenizer, triples, encs: dict[str, Encoded] | None = None) -> None:
+    """Every triple fits the model's context, and the text is mostly words the tokenizer knows."""
+    context = model_context(model)
+    try:
+        if encs is None:  # characters only: a lower bound on the tokens, with no tokenizing
+            lengths = [len(t.prompt) + max(len(t.chosen), len(t.rejected)) for t in triples]
+            check_text_length(lengths, context, tokenizer, "triples (prompt + longer response)")
+            return
+        for side, enc in encs.items():
+            check_context([len(ids) for ids in enc.ids], context, f"triples (prompt + {side} response)", strict=True)
+    except DataError as e:
+        raise DataError(f"{e}; drop or shorten such triples (load_preferences(..., max_chars=N) drops long "
+                        "ones)") from None
+    rows = [[ids[t] for t in enc.content[i] + enc.response[i]] for enc in encs.values() for i, ids in enumerate(enc.ids)]
+    check_known_tokens(rows, getattr(tokenizer, "unk_token_id", None), "the triples' prompts and responses")

@@ -17,6 +17,8 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checks import check_context, check_prompts, model_context
+
 __all__ = ["SteerFn", "Steerer", "format_prompts", "generate"]
 
 SteerFn = Callable[[list[str], Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]], AbstractContextManager[Any]]
@@ -31,11 +33,7 @@ def format_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
     >>> format_prompts(NoTemplate(), ["Hi there"])
     ['Hi there']
     """
-    if isinstance(prompts, str):
-        raise TypeError(f"prompts must be a list of strings, got the single string {prompts[:40]!r}: wrap it in [...]")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"prompt {i} is {p!r}: every prompt must be a non-empty string")
+    prompts = check_prompts(prompts)
     if not getattr(tokenizer, "chat_template", None):
         return list(prompts)
     extra = getattr(tokenizer, "dspa_chat_kwargs", None) or {}  # e.g. Qwen3's enable_thinking=False (models.load)
@@ -88,6 +86,8 @@ def generate(
     # Chat templates such as Gemma's already write <bos>; adding it again would give two.
     bos = tokenizer.bos_token
     add_special_tokens = not (bos and all(t.startswith(bos) for t in texts))
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+    check_context(lengths, model_context(model), "prompts")  # a warning: the text is still generated
     sampling = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
     gen_kwargs = (sampling if temperature > 0 else {"do_sample": False}) | {
         "max_new_tokens": max_new_tokens, "eos_token_id": _eos_ids(model, tokenizer) or None}

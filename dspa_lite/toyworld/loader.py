@@ -8,12 +8,26 @@ import sys
 from pathlib import Path
 
 from ..loading.config import cache_dir, fast_mode
+from ..method.cdmap import CDMap
 from . import store
 from .build import build
 from .data import ToyConfig
-from .world import ToyWorld
+from .world import ToyWorld, identity
 
-__all__ = ["build_into", "load", "world_path"]
+__all__ = ["build_into", "config_for", "load", "load_map", "world_path"]
+
+
+def config_for(seed: int | None = None) -> ToyConfig:
+    """The config of the world of ``seed`` (default ``DSPA_TOY_SEED``, checked), known before it is loaded or built."""
+    return ToyConfig(seed=store.toy_seed() if seed is None else seed)
+
+
+def load_map(path: str | os.PathLike, cfg: ToyConfig | None = None) -> CDMap:
+    """A saved map, checked against the world of ``cfg`` before that world is loaded: a map fitted for another
+    model or world is an ``IncompatibleMapError`` that says so first."""
+    cdmap = CDMap.load(path)
+    cdmap.check_compatible(**identity(cfg or config_for()))
+    return cdmap
 
 
 def world_path(cfg: ToyConfig) -> Path:
@@ -26,7 +40,7 @@ def world_path(cfg: ToyConfig) -> Path:
 def build_into(out: str | os.PathLike, seed: int | None = None, force: bool = False, progress: bool = True,
                config: ToyConfig | None = None) -> ToyWorld:
     """Build a world from scratch into the folder ``out`` (``dspa-lite build-toy --seed N --out DIR``)."""
-    cfg = config or ToyConfig(seed=store.toy_seed() if seed is None else seed)
+    cfg = config or config_for(seed)
     out = Path(out).expanduser().resolve()
     if out == store.REFERENCE_DIR:
         raise store.WorldError(f"{out} is the reference world shipped with the package; build somewhere else")
@@ -56,7 +70,7 @@ def load(fast: bool | None = None, config: ToyConfig | None = None, seed: int | 
         WorldError: the world on disk is incomplete, corrupt or foreign; the message names the file
             and the command that rebuilds it. A world is never rebuilt silently.
     """
-    cfg = config or ToyConfig(seed=store.toy_seed() if seed is None else seed)
+    cfg = config or config_for(seed)
     fast = fast_mode() if fast is None else fast
     path = world_path(cfg)
     if force or path != store.REFERENCE_DIR:

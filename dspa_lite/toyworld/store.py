@@ -47,10 +47,10 @@ def toy_seed() -> int:
     except ValueError:
         seed = -1
     if seed < 0:
-        from ..loading.config import ConfigError
+        from ..loading.config import SettingError
 
-        raise ConfigError(f"DSPA_TOY_SEED={raw!r} is not a non-negative integer: unset it for the reference "
-                          "world (seed 0) or give a seed such as 1")
+        raise SettingError(f"DSPA_TOY_SEED={raw!r} is not a non-negative integer: unset it for the reference "
+                           "world (seed 0) or give a seed such as 1")
     return seed
 
 

@@ -14,11 +14,12 @@ import torch
 
 from ..loading.data import PreferenceTriple, read_jsonl
 from ..loading.sae import load_from_disk
+from ..method.checks import check_finite_weights, check_int
 from . import language as L
 from . import store
 from .data import ToyConfig, eval_prompts, make_mcq
 
-__all__ = ["CHAT_TEMPLATE", "ToyWorld", "build_model", "load_tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "ToyWorld", "build_model", "identity", "load_tokenizer"]
 
 
 CHAT_TEMPLATE = (
@@ -43,6 +44,15 @@ def build_model(cfg: ToyConfig, vocab_size: int, tokenizer):
     return Gemma2ForCausalLM(mcfg)
 
 
+def identity(cfg: ToyConfig) -> dict:
+    """What a map fitted on the world of ``cfg`` records about it (``CDMap.check_compatible``'s arguments), known
+    before the world is loaded or built."""
+    release = f"dspa-lite-toy-{cfg.hash()}"
+    return dict(model_id=f"dspa-lite/toy-{cfg.hash()}", sae_in_id=f"{release}/layer_{cfg.l_in}/width_{cfg.d_sae}",
+                sae_out_id=f"{release}/layer_{cfg.l_out}/width_{cfg.d_sae}", l_in=cfg.l_in, l_out=cfg.l_out,
+                d_model=cfg.d_model, d_sae_in=cfg.d_sae, d_sae_out=cfg.d_sae)
+
+
 class ToyWorld:
     """A built toy world: ``model``, ``tokenizer``, ``sae_in``, ``sae_out``, ``l_in``, ``l_out``, ``judge``.
 
@@ -56,7 +66,7 @@ class ToyWorld:
         self.path, self.config, self.fast = Path(path), cfg, fast
         self.l_in, self.l_out = cfg.l_in, cfg.l_out
         self.judge = L.Judge()
-        self.model_id = f"dspa-lite/toy-{cfg.hash()}"
+        self.model_id = identity(cfg)["model_id"]
         self.tokenizer = load_tokenizer(self.path / "model" / "tokenizer.json")
         with torch.random.fork_rng(devices=[]):  # the weights are overwritten: leave the caller's RNG alone
             self.model = build_model(cfg, len(self.tokenizer), self.tokenizer)
@@ -66,6 +76,7 @@ class ToyWorld:
             raise store.WorldError(f"{self.path / 'model' / 'model.safetensors'} does not fit the world's config "
                                    f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
         self.model.tie_weights()
+        check_finite_weights(self.model, f"the toy world's model {self.path / 'model' / 'model.safetensors'}")
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -96,7 +107,7 @@ class ToyWorld:
 
     def prompts(self, split: str = "test", n: int | None = None) -> list[str]:
         """``n`` held-out prompts balanced over categories (default 200, or 80 in fast mode)."""
-        n = n or (80 if self.fast else 200)
+        n = (80 if self.fast else 200) if n is None else check_int(n, "n")
         return [p.text for p in eval_prompts(self.config, split, n)]
 
     def __repr__(self) -> str:
