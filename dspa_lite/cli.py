@@ -174,6 +174,7 @@ def _endpoint_eval(world, methods: dict, judge, args) -> dict:
     """AlpacaEval-style: each method's output against the unsteered one, judged by the endpoint (seed 0)."""
     from .evaluation.experiment import MAX_NEW_TOKENS
     from .evaluation.judges import win_rate
+    from .evaluation.protocols import length_diffs
 
     prompts = world.prompts("test", args.n_prompts)
     outputs = {name: m.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=0, batch_size=50)
@@ -182,7 +183,8 @@ def _endpoint_eval(world, methods: dict, judge, args) -> dict:
            "reference": "none", "methods": {}}
     for name, texts in outputs.items():
         if name != "none":
-            out["methods"][name] = win_rate(judge.compare(prompts, texts, outputs["none"], progress=not args.json))
+            comparisons = judge.compare(prompts, texts, outputs["none"], progress=not args.json)
+            out["methods"][name] = win_rate(comparisons, length_diffs(texts, outputs["none"]))  # raw and LC
     if not any(r["n"] for r in out["methods"].values()):
         raise JudgeError(f"none of the {judge.unparsed} judge replies had a readable verdict ([[A]], [[B]] or "
                          f"[[tie]]), so none was cached and there is no win rate: check that --judge-model "

@@ -294,6 +294,7 @@ def test_cli_eval_with_an_endpoint_judge_resumes_from_its_cache(serve, tmp_path,
     dspa = res["methods"]["dspa"]
     assert len(state.requests) == 24 + 2 and res["usage"]["requests"] == 24
     assert dspa["n"] == 24 and dspa["n_unparsed"] == 0 and dspa["wins"] > dspa["losses"], dspa
+    assert 0 <= dspa["lc_win_rate"] <= 1 and "length_coef" in dspa
     assert main(argv) == 0, "a rerun reads every verdict from the cache"
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["methods"]["dspa"] == dspa
     assert len(state.requests) == 26
@@ -308,3 +309,34 @@ def test_cli_eval_endpoint_without_a_judge_is_a_clear_error(monkeypatch, capsys)
     assert "set DSPA_JUDGE_BASE_URL and DSPA_JUDGE_MODEL" in capsys.readouterr().err
     assert main(["eval", "--judge", "endpoint", "--methods", "dspa"]) == 2
     assert "list 'none'" in capsys.readouterr().err
+
+
+def test_answer_files_get_raw_and_length_controlled_win_rates(serve, tmp_path):
+    """A judge that prefers the longer response, on AlpacaEval files where the model is longer half the time and
+    equally good otherwise: the raw win rate rewards length, the length-controlled one sees through it."""
+    import random
+
+    from dspa_lite.evaluation.evals import judge_alpaca_files
+    from dspa_lite.evaluation.formats import write_alpaca_outputs
+
+    def longer(body, n):
+        text = user_text(body)
+        a, b = (len(re.search(f"<{tag}>\n(.*?)\n</{tag}>", text, re.S).group(1).split())
+                for tag in ("response_A", "response_B"))
+        coin = random.Random(text).random() < 0.5  # an equal-length pair is a coin toss
+        return 200, completion(f"[[{'A' if a > b or (a == b and coin) else 'B'}]]")
+
+    url, _ = serve(longer)
+    rng = random.Random(0)
+    instructions = [f"Question {i}?" for i in range(160)]
+    refs = [" ".join(["word"] * rng.randint(5, 40)) for _ in instructions]
+    outs = [r + " more" * (rng.randint(20, 40) if i % 2 else 0) for i, r in enumerate(refs)]
+    write_alpaca_outputs(tmp_path / "model.json", instructions, outs, "model")
+    write_alpaca_outputs(tmp_path / "ref.json", instructions[::-1], refs[::-1], "reference")
+    r = judge_alpaca_files(make_judge(url, tmp_path), tmp_path / "model.json", tmp_path / "ref.json", progress=False)
+    assert (r["generator"], r["reference"], r["n"]) == ("model", "reference", 160)
+    assert r["win_rate"] > 0.7 and r["length_coef"] > 1, r
+    assert abs(r["lc_win_rate"] - 0.5) < 0.15, r
+    write_alpaca_outputs(tmp_path / "other.json", ["Unknown?"], ["x"], "other")
+    with pytest.raises(ValueError, match="same instructions"):
+        judge_alpaca_files(make_judge(url, tmp_path), tmp_path / "other.json", tmp_path / "ref.json")

@@ -13,8 +13,9 @@ import torch
 
 from ..method.features import batches
 from ..method.generation import format_prompts
+from .protocols import length_controlled, length_diffs, win_rate
 
-__all__ = ["judge_responses", "mcq_scores", "mcq_accuracy", "text_metrics"]
+__all__ = ["judge_responses", "mcq_scores", "mcq_accuracy", "pairwise_scores", "judge_alpaca_files", "text_metrics"]
 
 
 def judge_responses(judge, prompts: Sequence[str], responses: Sequence[str]) -> dict:
@@ -50,6 +51,43 @@ def judge_responses(judge, prompts: Sequence[str], responses: Sequence[str]) -> 
     out = summary([v for vs in groups.values() for v in vs])
     out["per_category"] = {c: summary(vs) for c, vs in sorted(groups.items())}
     return out
+
+
+def pairwise_scores(scores: Sequence[float], ref_scores: Sequence[float], words: Sequence[int],
+                    ref_words: Sequence[int]) -> dict:
+    """The exact judge as a pairwise one: each response against the reference's answer to the same prompt
+    (and sampling seed), a win when its score (e.g. preferred share) is higher, a tie (half) when equal.
+
+    Returns :func:`~dspa_lite.evaluation.protocols.length_controlled` of those outcomes on the length
+    difference in words: the raw ``win_rate`` and the length-controlled ``lc_win_rate``.
+
+    >>> r = pairwise_scores([0.5, 0.2, 0.3], [0.1, 0.2, 0.4], [12, 8, 6], [8, 8, 9])
+    >>> r["win_rate"], r["n"]
+    (0.5, 3)
+    """
+    if not len(scores) == len(ref_scores) == len(words) == len(ref_words):
+        raise ValueError(f"{len(scores)}, {len(ref_scores)}, {len(words)} and {len(ref_words)} items: parallel lists")
+    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, ref_scores)]
+    return length_controlled(outcomes, [a - b for a, b in zip(words, ref_words)])
+
+
+def judge_alpaca_files(judge, model_outputs, reference_outputs, seed: int = 0, progress: bool = True) -> dict:
+    """Two AlpacaEval ``model_outputs`` files judged pairwise by an endpoint judge
+    (:class:`~dspa_lite.evaluation.judges.Judge`): the model's raw and length-controlled win rates against the
+    reference, matched by instruction (:func:`~dspa_lite.evaluation.protocols.win_rate` with word lengths)."""
+    from .formats import read_alpaca_outputs
+
+    rows, refs = read_alpaca_outputs(model_outputs), read_alpaca_outputs(reference_outputs)
+    by_instruction = {r["instruction"]: r["output"] for r in refs}
+    if missing := [r["instruction"] for r in rows if r["instruction"] not in by_instruction]:
+        raise ValueError(f"{len(missing)} instructions of {model_outputs} are not in {reference_outputs}, e.g. "
+                         f"{missing[0]!r:.80}: both files must answer the same instructions")
+    instructions, outputs = [r["instruction"] for r in rows], [r["output"] for r in rows]
+    references = [by_instruction[x] for x in instructions]
+    comparisons = judge.compare(instructions, outputs, references, seed=seed, progress=progress)
+    return {"generator": rows[0]["generator"] if rows else None,
+            "reference": refs[0]["generator"] if refs else None,
+            **win_rate(comparisons, length_diffs(outputs, references))}
 
 
 @torch.no_grad()

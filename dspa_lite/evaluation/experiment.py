@@ -24,7 +24,7 @@ from torch import Tensor
 from ..method.baselines import CAA, StaticSAE, Unsteered, mean_difference
 from ..method.cdmap import CDMap, CDMapConfig
 from ..method.dspa import DSPA, fit_cdmap
-from .evals import judge_responses, mcq_accuracy
+from .evals import judge_responses, mcq_accuracy, pairwise_scores
 from .protocols import mean_se
 
 __all__ = ["build_methods", "compare", "fit_maps", "paired_bootstrap", "recorded_run", "DEFAULTS"]
@@ -133,7 +133,9 @@ def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1
 
     Returns ``{"n_prompts", "seeds", "methods"}``. ``methods[name]`` holds
     the means over seeds of :data:`METRICS` (``stderr``: their standard errors over seeds),
-    ``per_category`` means, and, when those methods are compared too, ``vs_none``, ``vs_static`` and
+    ``per_category`` means, ``pairwise_vs_none`` (each response against the unsteered answer to the same
+    prompt and seed, :func:`~dspa_lite.evaluation.evals.pairwise_scores`: raw and length-controlled win rates),
+    and, when those methods are compared too, ``vs_none``, ``vs_static`` and
     ``vs_caa``: :func:`paired_bootstrap` of the preferred share, with ``first_segment`` and
     ``later_segments`` (the same for those shares), ``per_category`` (the mean difference per
     category) and ``per_category_ci`` (its bootstrap); with ``mcq``, ``mcq_accuracy`` and
@@ -141,7 +143,7 @@ def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1
     compared). With ``keep_responses`` it also holds each prompt's category (``categories``) and
     ``per_response[name][metric]``, ``(n_seeds, n_prompts)``: ``preferred_share``, ``first_segment``
     (1 if the first segment is in the preferred style) and ``later_segments`` (the share of the later
-    segments, NaN for a response with one segment or none), for a bootstrap of one's own.
+    segments, NaN for a response with one segment or none) and ``words`` (its length), for a bootstrap of one's own.
     """
     prompts = world.prompts("test", n_prompts)
     runs: dict[str, list[dict]] = {name: [] for name in methods}
@@ -173,6 +175,9 @@ def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1
         for ref in ("none", "static", "caa"):
             if ref in runs and ref != name:
                 res[f"vs_{ref}"] = _versus(scores[name], scores[ref], categories)
+        if "none" in runs and name != "none":  # pairwise against the unsteered answer, raw and length-controlled
+            flat = {m: [sum(scores[n][m], []) for n in (name, "none")] for m in ("preferred_share", "words")}
+            res["pairwise_vs_none"] = pairwise_scores(*flat["preferred_share"], *flat["words"])
         if mcq:
             model = getattr(method, "model", world.model)  # a fine-tuned baseline answers with its own weights
             acc = mcq_accuracy(model, world.tokenizer, world.mcq("test"), steer=method.steer)
@@ -186,9 +191,10 @@ def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1
 
 def _response_scores(judge, prompts, responses) -> dict[str, list[float]]:
     """Per response: its preferred share, whether its first segment is preferred, its later segments' share."""
-    out: dict[str, list[float]] = {"preferred_share": [], "first_segment": [], "later_segments": []}
+    out: dict[str, list[float]] = {"preferred_share": [], "first_segment": [], "later_segments": [], "words": []}
     for p, r in zip(prompts, responses):
         v = judge(p, r)
+        out["words"].append(len(r.split()))
         out["preferred_share"].append(v.preferred_share)
         out["first_segment"].append(float(bool(v.styles) and v.styles[0] == v.preferred))
         later = v.styles[1:]

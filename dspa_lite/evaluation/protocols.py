@@ -6,6 +6,9 @@
 - **Pairwise comparison** (AlpacaEval, Li et al. 2023): which of two outputs follows an instruction better;
   :func:`win_rate` counts ties as half. The prompts are written for this project, not copied from FastChat's or
   AlpacaEval's.
+- **Length control** (AlpacaEval 2, Dubois et al. 2024, arXiv 2404.04475): judges favour longer answers, so
+  :func:`length_controlled` regresses the pairwise outcome on the length difference and reports the win rate
+  at zero length difference.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["GRADE_TURN1", "GRADE_TURN2", "NEED_REFERENCE", "PAIRWISE", "REFERENCE", "RUBRIC", "SYSTEM", "Comparison",
-           "Rating", "answer_turns", "mt_bench_jobs", "mt_bench_score", "pairwise_jobs", "parse_rating", "parse_verdict",
-           "question_fields", "win_rate"]
+           "Rating", "answer_turns", "length_controlled", "length_diffs", "mt_bench_jobs", "mt_bench_score",
+           "pairwise_jobs", "parse_rating", "parse_verdict", "question_fields", "win_rate"]
 
 NEED_REFERENCE = ("math", "reasoning", "coding")  # MT-Bench categories graded against a reference answer
 
@@ -164,11 +167,13 @@ def mt_bench_score(ratings: Sequence[Rating]) -> dict:
     return out
 
 
-def win_rate(comparisons: Sequence[Comparison]) -> dict:
+def win_rate(comparisons: Sequence[Comparison], length_diff: Sequence[float] | None = None) -> dict:
     """Model win rate against the reference (ties count half, as in AlpacaEval), with its standard error.
 
     ``position_a_rate`` (share of decided verdicts that picked A) measures the judge's position bias; the
-    randomised order keeps it out of ``win_rate``.
+    randomised order keeps it out of ``win_rate``. With ``length_diff`` (per comparison, the model's output
+    length minus the reference's, e.g. :func:`length_diffs`) the result adds :func:`length_controlled`'s
+    ``lc_win_rate``, ``lc_standard_error`` and ``length_coef``, fitted on the decided comparisons.
 
     >>> c = [Comparison(0, "x", "A", "A", "model", "", False), Comparison(1, "y", "B", "A", "reference", "", False),
     ...      Comparison(2, "z", "B", "tie", "tie", "", False), Comparison(3, "w", "A", None, None, "", False)]
@@ -176,13 +181,78 @@ def win_rate(comparisons: Sequence[Comparison]) -> dict:
     (0.5, 1, 1, 1.0)
     """
     decided = [c for c in comparisons if c.winner is not None]
-    wr, se = mean_se([{"model": 1.0, "tie": 0.5, "reference": 0.0}[c.winner] for c in decided])
+    outcomes = [{"model": 1.0, "tie": 0.5, "reference": 0.0}[c.winner] for c in decided]
+    wr, se = mean_se(outcomes)
     ab = [c.verdict for c in decided if c.verdict in ("A", "B")]
-    return {"win_rate": wr, "standard_error": se, "n": len(decided),
-            "wins": sum(c.winner == "model" for c in decided), "losses": sum(c.winner == "reference" for c in decided),
-            "ties": sum(c.winner == "tie" for c in decided), "n_unparsed": len(comparisons) - len(decided),
-            "position_a_rate": ab.count("A") / len(ab) if ab else math.nan,
-            "model_first_share": sum(c.model_position == "A" for c in comparisons) / max(1, len(comparisons))}
+    out = {"win_rate": wr, "standard_error": se, "n": len(decided),
+           "wins": sum(c.winner == "model" for c in decided), "losses": sum(c.winner == "reference" for c in decided),
+           "ties": sum(c.winner == "tie" for c in decided), "n_unparsed": len(comparisons) - len(decided),
+           "position_a_rate": ab.count("A") / len(ab) if ab else math.nan,
+           "model_first_share": sum(c.model_position == "A" for c in comparisons) / max(1, len(comparisons))}
+    if length_diff is not None:
+        if len(length_diff) != len(comparisons):
+            raise ValueError(f"{len(length_diff)} length differences for {len(comparisons)} comparisons")
+        lc = length_controlled(outcomes, [d for c, d in zip(comparisons, length_diff) if c.winner is not None])
+        out |= {"lc_win_rate": lc["lc_win_rate"], "lc_standard_error": lc["lc_standard_error"],
+                "length_coef": lc["length_coef"]}
+    return out
+
+
+def length_diffs(outputs: Sequence[str], references: Sequence[str]) -> list[int]:
+    """Per pair, the model output's length minus the reference's, in whitespace-separated words.
+
+    >>> length_diffs(["a b c", ""], ["a", "x y"])
+    [2, -2]
+    """
+    if len(outputs) != len(references):
+        raise ValueError(f"{len(outputs)} outputs but {len(references)} references")
+    return [len(o.split()) - len(r.split()) for o, r in zip(outputs, references)]
+
+
+def length_controlled(outcomes: Sequence[float], length_diff: Sequence[float], l2: float = 1e-3,
+                      iters: int = 100) -> dict:
+    """The win rate at zero length difference: AlpacaEval 2's length control (Dubois et al. 2024).
+
+    Fits ``P(model wins) = sigmoid(b0 + b1 * tanh(d / sd(d)))`` by maximum likelihood (Newton's method,
+    a small ``l2`` penalty keeps it finite when every outcome agrees), with ``outcomes`` in ``[0, 1]``
+    (1 a win, 0.5 a tie, 0 a loss) and ``d`` the model's length minus the reference's. The
+    length-controlled win rate is ``sigmoid(b0)``, the prediction for a pair of equal length; its
+    standard error comes from the inverse Hessian by the delta method. AlpacaEval's own model adds a
+    per-instruction difficulty term, left out here. Returns ``{"win_rate", "lc_win_rate",
+    "lc_standard_error", "length_coef", "scale", "n"}`` (``length_coef`` is ``b1``).
+
+    >>> r = length_controlled([1, 1, 0, 1, 0, 0], [30, 20, -10, 10, -20, -30])
+    >>> r["win_rate"], round(r["lc_win_rate"], 2), r["length_coef"] > 0
+    (0.5, 0.5, True)
+    """
+    y, d = [float(v) for v in outcomes], [float(v) for v in length_diff]
+    if len(y) != len(d):
+        raise ValueError(f"{len(y)} outcomes but {len(d)} length differences")
+    if any(not 0 <= v <= 1 for v in y) or any(not math.isfinite(v) for v in d):
+        raise ValueError("outcomes must lie in [0, 1] (win 1, tie 0.5, loss 0) and length differences be finite")
+    if not y:
+        return {"win_rate": math.nan, "lc_win_rate": math.nan, "lc_standard_error": math.nan,
+                "length_coef": math.nan, "scale": math.nan, "n": 0}
+    mean_d = sum(d) / len(d)
+    scale = math.sqrt(sum((v - mean_d) ** 2 for v in d) / len(d)) or 1.0  # all lengths equal: x = 0, b1 stays 0
+    x = [math.tanh(v / scale) for v in d]
+    b0 = b1 = 0.0
+    for _ in range(iters):
+        p = [1 / (1 + math.exp(-min(50.0, max(-50.0, b0 + b1 * xi)))) for xi in x]
+        w = [pi * (1 - pi) for pi in p]
+        g0 = sum(yi - pi for yi, pi in zip(y, p)) - l2 * b0
+        g1 = sum((yi - pi) * xi for yi, pi, xi in zip(y, p, x)) - l2 * b1
+        h00, h01 = sum(w) + l2, sum(wi * xi for wi, xi in zip(w, x))
+        h11 = sum(wi * xi * xi for wi, xi in zip(w, x)) + l2
+        det = h00 * h11 - h01 * h01
+        step0, step1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
+        b0, b1 = b0 + step0, b1 + step1
+        if abs(step0) + abs(step1) < 1e-10:
+            break
+    lc = 1 / (1 + math.exp(-b0))
+    return {"win_rate": sum(y) / len(y), "lc_win_rate": lc,
+            "lc_standard_error": lc * (1 - lc) * math.sqrt(h11 / det), "length_coef": b1, "scale": scale,
+            "n": len(y)}
 
 
 def question_fields(q: Any) -> tuple[Any, str, list[str], list[str] | None]:
