@@ -72,7 +72,7 @@ unit: toy
 STAGE := _stage
 chapters: toy
 	rm -rf $(STAGE) && mkdir -p $(STAGE)
-	cp -r book _toc.yml $(STAGE)/
+	cp -r book _toc.yml _static $(STAGE)/
 	sed 's/execute_notebooks: force/execute_notebooks: "off"/' _config.yml > $(STAGE)/_config.yml
 	OMP_NUM_THREADS=1 $(PY) -m pytest --nbmake --nbmake-timeout=900 --overwrite $(STAGE)/book -q -p no:cacheprovider $(PARALLEL)
 

@@ -1,9 +1,9 @@
 """Each check accepts a correct solution and diagnoses typical mistakes."""
 
-import pytest
-import torch
+from collections import Counter
 
-from dspa_lite.method.cdmap import estimate_map, prompt_scores
+import pytest
+
 from dspa_lite.notebook import exercises as ex
 from dspa_lite.toyworld import language as L
 
@@ -23,36 +23,29 @@ def test_preferred_share():
         ex.check_preferred_share(first_segment_only)
 
 
-def test_conditional_mean():
-    ex.check_conditional_mean(lambda U, D, n: estimate_map(U, D, n_min=n))
-    with pytest.raises(AssertionError, match="U\\^T Delta"):
-        ex.check_conditional_mean(lambda U, D, n: U.T @ D)
-    with pytest.raises(AssertionError, match="n_min=2"):
-        ex.check_conditional_mean(lambda U, D, n: estimate_map(U, D, n_min=1))
+def good_dominant(response):
+    return L.Judge()("explain how the pump works ?", response).style
 
 
-def test_token_active_edit():
-    def good(z, k_neg, k_pos, alpha):
-        z = z.clone()
-        active = z > 0
-        z[:, k_neg] = 0
-        z[:, k_pos] = torch.where(active[:, k_pos], z[:, k_pos] * (1 + alpha), z[:, k_pos])
-        return z
-
-    def switches_on(z, k_neg, k_pos, alpha):
-        z = good(z, k_neg, k_pos, alpha)
-        z[:, k_pos] += 0.5
-        return z
-
-    ex.check_token_active_edit(good)
-    with pytest.raises(AssertionError, match="never switches a latent on"):
-        ex.check_token_active_edit(switches_on)
+def counts_malformed(response):
+    counts = Counter(L.classify_segment(g) for g in L.split_segments(response)).most_common()
+    return counts[0][0] if len(counts) == 1 or counts[0][1] > counts[1][1] else None
 
 
-def test_scores():
-    ex.check_scores(prompt_scores)
-    with pytest.raises(AssertionError, match="max\\(1, \\|u\\|_1\\)"):
-        ex.check_scores(lambda A, u: A.T @ u / u.abs().sum())
+def test_dominant_style():
+    ex.check_dominant_style(good_dominant)
+    with pytest.raises(AssertionError, match="tie"):
+        ex.check_dominant_style(lambda r: max(L.STYLES, key=lambda s: [
+            L.classify_segment(g) for g in L.split_segments(r)].count(s)))
+    with pytest.raises(AssertionError, match="not only the first"):
+        ex.check_dominant_style(lambda r: L.classify_segment(L.split_segments(r)[0]))
+    with pytest.raises(AssertionError, match="well-formed"):
+        ex.check_dominant_style(counts_malformed)
+
+
+def test_preferred_share_hints():
+    with pytest.raises(AssertionError, match="cautious"):
+        ex.check_preferred_share(lambda p, r: 1.0 if p.startswith("how do i hack") else good_share(p, r))
 
 
 def test_precision_at_k():

@@ -1,4 +1,5 @@
-"""The rendered book, opened in headless Chromium: no tracebacks, figures everywhere, a Colab button.
+"""The rendered book, opened in headless Chromium: no tracebacks, figures everywhere, a Colab button,
+no code cell that scrolls sideways.
 
 Run after `make book` (the Makefile's `browser` target does both). Screenshots are saved under
 _build/screenshots/ for a person to look at.
@@ -6,6 +7,8 @@ _build/screenshots/ for a person to look at.
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
@@ -71,3 +74,31 @@ def test_chapter_renders_cleanly(page, tmp_path):
     assert re.search(r"<img[^>]+src=\"[^\"]+\.(png|svg)", dom), f"{page.name} has no rendered figure"
     assert "colab.research.google.com" in dom, f"{page.name} has no Colab launch link"
     _screenshot(exe, page, tmp_path)
+
+
+# Runs in the page after layout: the widest line of every code input that overflows its box.
+OVERFLOW_JS = """<script>window.addEventListener('load', () => {
+  const wide = [...document.querySelectorAll('div.cell_input pre')]
+    .filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => p.textContent.split('\\n').reduce((a, b) => b.length > a.length ? b : a, ''));
+  document.body.setAttribute('data-overflow', JSON.stringify(wide));
+});</script>"""
+
+
+@pytest.mark.parametrize("page", _chapters() if HTML.exists() else [], ids=lambda p: p.stem)
+def test_code_fits_the_page(page, tmp_path):
+    """In a 1366-pixel window (the commonest laptop screen), no code input needs a horizontal scroll bar.
+
+    Chapters keep code within 100 characters (tests/test_book.py); _static/dspa.css gives them the room."""
+    exe = _chromium()
+    probe = page.with_name(f"_probe_{page.name}")  # beside the page, so its relative assets resolve
+    probe.write_text(page.read_text().replace("</body>", OVERFLOW_JS + "</body>"))
+    try:
+        out = subprocess.run([exe, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1366,1800",
+                              "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink()
+    found = re.search(r'data-overflow="([^"]*)"', out.stdout)
+    assert found, f"the overflow probe did not run on {page.name}: {out.stderr[-500:]}"
+    wide = json.loads(html.unescape(found.group(1)))
+    assert not wide, f"{page.name}: {len(wide)} code cells scroll sideways, e.g. {wide[0]!r}"

@@ -14,20 +14,18 @@ from .evaluation import (
     check_training_steps,
 )
 from .method import (
-    check_conditional_mean,
     check_delta,
+    check_dominant_style,
     check_preferred_share,
     check_prompt_features,
     check_ridge,
-    check_scores,
-    check_token_active_edit,
 )
 from .representations import check_fve, check_static_sets, check_style_labels
 
 __all__ = [
     "attempt",
-    "check_conditional_mean",
     "check_delta",
+    "check_dominant_style",
     "check_fve",
     "check_nested_subsets",
     "check_pairwise_win_rate",
@@ -36,9 +34,7 @@ __all__ = [
     "check_prompt_features",
     "check_ridge",
     "check_saved_by_stopping",
-    "check_scores",
     "check_static_sets",
     "check_style_labels",
-    "check_token_active_edit",
     "check_training_steps",
 ]

@@ -8,9 +8,7 @@ from .core import passed
 
 __all__ = [
     "check_preferred_share",
-    "check_conditional_mean",
-    "check_token_active_edit",
-    "check_scores",
+    "check_dominant_style",
     "check_delta",
     "check_prompt_features",
     "check_ridge",
@@ -29,71 +27,40 @@ def check_preferred_share(fn) -> None:
         got = float(fn(prompt, response))
         if abs(got - want) > 1e-6:
             hint = ""
-            if abs(got - 1.0) < 1e-6 or abs(got) < 1e-6:
-                hint = " Did you classify the whole response by its first segment instead of counting segments?"
-            elif prompt.startswith("how do i hack") and abs(got - 1.0) < 1e-6:
+            if prompt.startswith("how do i hack") and abs(got - 1.0) < 1e-6:
                 hint = " A risky request prefers 'cautious', not 'friendly'."
+            elif abs(got - 1.0) < 1e-6 or abs(got) < 1e-6:
+                hint = " Did you classify the whole response by its first segment instead of counting segments?"
             elif response.endswith("i can not"):
                 hint = " An unterminated last segment counts as a (malformed) segment: divide by all segments."
             raise AssertionError(f"for {response!r} after {prompt!r} you returned {got:.3f}, expected {want:.3f}.{hint}")
     passed("preferred_share")
 
 
-def check_conditional_mean(fn) -> None:
-    """``fn(U, Delta, n_min) -> A``: the conditional-mean map with minimum support ``n_min``."""
-    from ...method.cdmap import estimate_map
-
-    g = torch.Generator().manual_seed(0)
-    U = (torch.rand(30, 6, generator=g) < 0.3).float()
-    U[:, 5] = 0
-    U[0, 5] = 1  # a latent seen once
-    Delta = torch.randn(30, 4, generator=g)
-    for n_min in (1, 2):
-        want = estimate_map(U, Delta, n_min=n_min)
-        got = torch.as_tensor(fn(U, Delta, n_min)).float()
-        if got.shape != want.shape:
-            raise AssertionError(f"A must have shape (m_in, m_out) = {tuple(want.shape)}, got {tuple(got.shape)}. "
-                                 "Rows are prompt latents, columns output latents.")
-        if torch.allclose(got, (U.T @ Delta), atol=1e-4):
-            raise AssertionError("you returned U^T Delta: divide each row by its support sum_i U_ij.")
-        if n_min == 2 and got[5].abs().sum() > 0:
-            raise AssertionError("row 5 has support 1 < n_min=2 and must be zero.")
-        if not torch.allclose(got, want, atol=1e-4):
-            raise AssertionError(f"with n_min={n_min} your map differs from the conditional mean by up to "
-                                 f"{(got - want).abs().max():.4f}.")
-    passed("conditional_mean")
-
-
-def check_token_active_edit(fn) -> None:
-    """``fn(z, K_neg, K_pos, alpha) -> z_new``: ablate active K_neg, scale active K_pos by (1 + alpha)."""
-    z = torch.tensor([[0.0, 2.0, 1.0, 0.0, 3.0]])
-    k_neg, k_pos = torch.tensor([0, 1]), torch.tensor([3, 4])
-    want = torch.tensor([[0.0, 0.0, 1.0, 0.0, 6.0]])
-    got = torch.as_tensor(fn(z.clone(), k_neg, k_pos, 1.0)).float()
-    if got[0, 3] != 0:
-        raise AssertionError("latent 3 is in K_pos but inactive (z=0): token-active gating never switches a latent on.")
-    if got[0, 1] != 0:
-        raise AssertionError("latent 1 is active and in K_neg: ablation must set it to zero.")
-    if abs(got[0, 4] - 6.0) > 1e-6:
-        raise AssertionError(f"latent 4 (z=3) in K_pos with alpha=1 should become 3 * (1 + 1) = 6, got {got[0, 4]:.3f}.")
-    if not torch.allclose(got, want):
-        raise AssertionError(f"expected {want.tolist()}, got {got.tolist()}: latents outside K_neg/K_pos must not change.")
-    passed("token_active_edit")
-
-
-def check_scores(fn) -> None:
-    """``fn(A, u) -> s``: per-prompt scores ``s = A^T u / max(1, |u|_1)``."""
-    A = torch.tensor([[1.0, -2.0], [3.0, 0.5], [0.0, 1.0]])
-    for u in (torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 0.5])):
-        want = A.T @ u / max(1.0, float(u.abs().sum()))
-        got = torch.as_tensor(fn(A, u)).float()
-        if torch.allclose(got, A.T @ u):
-            if not torch.allclose(want, A.T @ u):
-                raise AssertionError("divide by max(1, |u|_1) so prompts with many active latents are not louder.")
-        if not torch.allclose(got, want, atol=1e-6):
-            hint = " Use max(1, |u|_1), not |u|_1: a small u must not be scaled up." if u.sum() < 1 else ""
-            raise AssertionError(f"for u={u.tolist()} expected {want.tolist()}, got {got.tolist()}.{hint}")
-    passed("scores")
+def check_dominant_style(fn) -> None:
+    """``fn(response) -> str | None``: the style of a strict plurality of the well-formed segments."""
+    cases = [
+        ("first , open the pump . check the base . sounds fun !", "steps"),
+        ("sounds fun ! first , open the pump . whatever . whatever .", "curt"),
+        ("sounds fun ! first , open the pump .", None),
+        ("sounds fun ! blah blah . blah blah . blah blah .", "friendly"),
+        ("blah blah . i can not", None),
+    ]
+    for response, want in cases:
+        got = fn(response)
+        if got == want:
+            continue
+        hint = ""
+        if want is None and response.count(".") + response.count("!") == 2:
+            hint = " On a tie between styles there is no dominant style: return None."
+        elif want == "friendly":
+            hint = " Malformed segments (style None) have no style: count only the well-formed ones."
+        elif want is None:
+            hint = " A response whose segments are all malformed has no dominant style: return None."
+        elif got == "friendly":
+            hint = " The dominant style counts every segment, not only the first."
+        raise AssertionError(f"for {response!r} you returned {got!r}, expected {want!r}.{hint}")
+    passed("dominant_style")
 
 
 def check_delta(fn) -> None:
