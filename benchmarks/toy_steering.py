@@ -144,7 +144,7 @@ def main() -> None:
           f"Defaults: {DEFAULTS}; {n} held-out prompts x seeds {list(seeds)}; temperature 1; at most 80 new tokens. "
           "Shares are percentages of response segments in the category's preferred style (exact judge); "
           "a method's ± is the standard error over seeds; differences are means ± the standard error of a paired "
-          "bootstrap over prompts (experiment.paired_bootstrap).\n"]
+          "bootstrap over prompts x seeds (experiment.paired_bootstrap).\n"]
     sections = args.sections.split(",")
     if "main" in sections:
         data["main"], table = main_table(world, cdmap, plain, n, seeds)
