@@ -86,13 +86,14 @@ def test_batched_prompts_get_their_own_latent_sets(world, cdmap):
     assert together == alone
 
 
-def test_hooks_removed_when_generation_raises(world, cdmap):
-    steerer = DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, k=8)
+@pytest.mark.parametrize("prefill", [False, True])
+def test_hooks_removed_when_generation_raises(world, cdmap, prefill):
+    steerer = DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, k=8, prefill=prefill)
     before = _hook_counts(world.model)
-    original = steerer.make_edit
+    original = steerer._new_edit
 
-    def exploding(prompts, start=None):
-        ed = original(prompts, start)
+    def exploding(start=None):
+        ed = original(start)
         inner = ed.__call__
 
         class Boom:
@@ -101,9 +102,12 @@ def test_hooks_removed_when_generation_raises(world, cdmap):
                     raise RuntimeError("boom inside generation")
                 return inner(h)
 
+            def __getattr__(self, name):
+                return getattr(ed, name)
+
         return Boom()
 
-    steerer.make_edit = exploding
+    steerer._new_edit = exploding
     with pytest.raises(RuntimeError, match="boom"):
         steerer.generate(world.prompts("test", 2), max_new_tokens=10)
     assert _hook_counts(world.model) == before

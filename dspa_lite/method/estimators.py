@@ -205,12 +205,14 @@ def prompt_scores(A: Float[Tensor, "m_in m_out"] | LowRankMap, u: Float[Tensor, 
     return (u @ A) / u.abs().sum(-1, keepdim=True).clamp_min(1.0)
 
 
-def select_latents(s: Float[Tensor, "*B m_out"], k: int) -> tuple[Int[Tensor, "*B k"], Int[Tensor, "*B k"]]:
+def select_latents(s: Float[Tensor, "*B m_out"], k: int, *, check: bool = True
+                   ) -> tuple[Int[Tensor, "*B k"], Int[Tensor, "*B k"]]:
     """``(K_neg, K_pos)``: the ``k`` most negative latents with ``s < 0`` (rejected-associated) and the ``k``
     most positive with ``s > 0`` (chosen-associated), strongest first.
 
     For ``s`` of shape ``(m_out,)`` each holds only the qualifying latents (length ``<= k``); for ``(B, m_out)``
     each is a ``(B, k)`` LongTensor padded with ``-1`` where fewer qualify: mask with ``K >= 0`` before indexing.
+    ``check=False`` skips the NaN/inf check of ``s`` (a host read; DSPA's prefill checks its input on the device).
 
     >>> select_latents(torch.tensor([0.5, -2.0, 0.0, 3.0, -0.1]), 2)
     (tensor([1, 4]), tensor([3, 0]))
@@ -223,7 +225,7 @@ def select_latents(s: Float[Tensor, "*B m_out"], k: int) -> tuple[Int[Tensor, "*
         raise ValueError(f"k={k!r} must be an integer >= 0")
     if k > (m_out := s.shape[-1]):
         raise ValueError(f"k={k} exceeds d_sae={m_out} (the number of output latents): choose k <= {m_out}")
-    if s.is_floating_point() and (bad := int((~torch.isfinite(s)).sum())):
+    if check and s.is_floating_point() and (bad := int((~torch.isfinite(s)).sum())):
         raise ValueError(f"s has {bad} non-finite (NaN/inf) entries: check A and u")
     neg_val, K_neg = torch.topk(-s, k, dim=-1)
     pos_val, K_pos = torch.topk(s, k, dim=-1)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -30,7 +30,7 @@ from .generation import format_prompts
 from .hooks import forward_until
 from .saes import sae_encode
 
-__all__ = ["POOLINGS", "Encoded", "TripleFeatures", "batches", "encode_texts", "pool", "prompt_features",
+__all__ = ["POOLINGS", "Encoded", "TripleFeatures", "batches", "encode_texts", "pool", "pool_rows", "prompt_features",
            "residual_rows", "triple_features", "with_responses"]
 
 POOLINGS = ("binary", "mean", "max", "last")
@@ -109,6 +109,27 @@ def pool(z: Float[Tensor, "n_tokens d_sae"], pooling: str) -> Float[Tensor, " d_
         return z.max(0).values
     if pooling == "last":
         return z[-1]
+    raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
+
+
+def pool_rows(z: Float[Tensor, "B C d_sae"], valid: Bool[Tensor, "B C"], pooling: str) -> Float[Tensor, "B d_sae"]:
+    """:func:`pool` of each row's valid tokens, for a padded batch (every row has at least one valid token).
+
+    >>> z = torch.tensor([[[0.0, 2.0], [1.0, 0.0]], [[3.0, 0.0], [9.0, 9.0]]])
+    >>> valid = torch.tensor([[True, True], [True, False]])
+    >>> pool_rows(z, valid, "binary").tolist(), pool_rows(z, valid, "last").tolist()
+    ([[1.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [3.0, 0.0]])
+    """
+    v = valid[:, :, None]
+    if pooling == "binary":
+        return ((z > 0) & v).any(1).to(z.dtype)
+    if pooling == "mean":
+        return torch.where(v, z, torch.zeros((), dtype=z.dtype)).sum(1) / valid.sum(1, keepdim=True).to(z.dtype)
+    if pooling == "max":
+        return torch.where(v, z, torch.full((), float("-inf"), dtype=z.dtype)).max(1).values
+    if pooling == "last":
+        last = (valid.sum(1) - 1).clamp_min(0)
+        return z[torch.arange(z.shape[0], device=z.device), last]
     raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
 
 

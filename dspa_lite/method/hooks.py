@@ -25,7 +25,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-__all__ = ["capture", "check_layer", "decoder_layers", "edit", "forward_until"]
+__all__ = ["capture", "check_layer", "decoder_layers", "edit", "forward_until", "observe"]
 
 Residual = Float[Tensor, "batch seq d_model"]
 EditFn = Callable[[Residual], Residual]
@@ -121,6 +121,28 @@ def capture(model: nn.Module, layers: Sequence[int]) -> Iterator[dict[int, Resid
 
     with _hooked(model, {layer: make_hook(layer) for layer in layers}):
         yield acts
+
+
+@contextmanager
+def observe(model: nn.Module, layer: int, fn: Callable[[Residual], None]) -> Iterator[None]:
+    """Call ``fn(h)`` with the output hidden state of decoder layer ``layer`` on every forward pass, changing nothing
+    (DSPA reads ``u(x)`` at ``l_in`` this way during the prefill, before its edit at ``l_out`` in the same pass).
+
+    >>> from transformers import Gemma2Config, Gemma2ForCausalLM
+    >>> cfg = Gemma2Config(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+    ...                    num_attention_heads=1, num_key_value_heads=1, head_dim=8)
+    >>> model, seen = Gemma2ForCausalLM(cfg), []
+    >>> with observe(model, 0, lambda h: seen.append(tuple(h.shape))):
+    ...     _ = model(torch.tensor([[1, 2, 3]]))
+    >>> seen
+    [(1, 3, 8)]
+    """
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        fn(_split(output))
+
+    with _hooked(model, {layer: hook}):
+        yield
 
 
 @contextmanager
