@@ -190,12 +190,13 @@ def _write_weights(folder: Path, dtype: torch.dtype, seed: int, max_shard_size: 
     shutil.rmtree(staging)
 
 
-def gemma2_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """A tiny ``google/gemma-2-2b-it`` look-alike (4 layers, hidden size 64), sharded like the real one."""
+def gemma2_checkpoint(folder: Path, seed: int = 0, base: bool = False) -> Path:
+    """A tiny ``google/gemma-2-2b-it`` look-alike (4 layers, hidden size 64), sharded like the real one; with
+    ``base``, ``google/gemma-2-2b``'s: the same tokenizer and template, but only ``<eos>`` in the configs."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     ids = _gemma_tokenizer(folder)
-    eos = [ids["<eos>"], ids["<end_of_turn>"]]  # [1, 107] in the real -it model
+    eos = ids["<eos>"] if base else [ids["<eos>"], ids["<end_of_turn>"]]  # [1, 107] in the real -it model
     _write_json(folder / "config.json", {
         "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
         "attn_logit_softcapping": 50.0, "bos_token_id": ids["<bos>"], "cache_implementation": "hybrid",

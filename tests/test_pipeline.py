@@ -133,6 +133,10 @@ def test_run_writes_every_stage_then_resumes_skipping_all(inputs, tmp_path, caps
     assert json.loads((out / "summary.json").read_text()) == summary
     stages = pipeline.stages(pipeline.Settings(**settings), out, name)
     assert set(summary["seconds"]) == {s for s, _ in stages} and all(path.exists() for _, path in stages)
+    timings = json.loads((out / "timings.json").read_text())
+    assert summary["timings"] == timings and set(summary["stage_seconds"]) == set(summary["seconds"])
+    assert {timings[f"mt_bench:{m}"]["batch_size"] for m in pipeline.METHODS} == {4} and timings["triples"]["batch_size"] is None
+    assert all(row["device"] == "cpu" and row["seconds"] >= 0 for row in timings.values())
     assert "alpaca_eval --model_outputs" in err
 
     # a rerun finds every file: no stage runs, nothing is loaded or rewritten
@@ -141,6 +145,7 @@ def test_run_writes_every_stage_then_resumes_skipping_all(inputs, tmp_path, caps
     assert cli.main(argv) == 0
     again, err = _last_json(capsys)
     assert again["seconds"] == {} and "== [" not in err and again["generation"] == summary["generation"]
+    assert again["stage_seconds"] == summary["stage_seconds"], "recorded times survive a resumed run"
     assert {s: path.stat().st_mtime_ns for s, path in stages} == mtimes
 
     # a lost file: only its stage runs again (and loads the model)
@@ -150,6 +155,7 @@ def test_run_writes_every_stage_then_resumes_skipping_all(inputs, tmp_path, caps
     assert cli.main(argv) == 0
     again, _ = _last_json(capsys)
     assert loads == [name] and list(again["seconds"]) == ["alpaca:static"]
+    assert again["stage_seconds"]["alpaca:static"] == round(again["seconds"]["alpaca:static"], 2)
     assert again["generation"] == summary["generation"], "the same seeds give the same answers"
 
     # other settings in the same folder: a one-line error, nothing run

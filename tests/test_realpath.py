@@ -156,8 +156,8 @@ def test_gated_and_out_of_memory(monkeypatch, offline):
     except OSError as e:
         wrapped = e
     monkeypatch.setattr(AutoConfig, "from_pretrained", _raising(wrapped))  # config.json is the first file fetched
-    with pytest.raises(ModelLoadError, match=r"accept the licence at https://huggingface.co/google/gemma-2-2b and "
-                                             r"run `huggingface-cli login`.*HF_TOKEN"):
+    with pytest.raises(ModelLoadError, match=r"accept the licence at https://huggingface.co/google/gemma-2-2b, then "
+                                             r"log in: notebook_login\(\).*hf auth login.*export_hf_token\(\)"):
         models.load("gemma-2-2b", device="cpu")
     monkeypatch.setattr(AutoConfig, "from_pretrained", lambda *a, **k: Gemma2Config())
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: object())
@@ -248,25 +248,6 @@ def test_profiles_match_the_sae_lens_registry():
     assert get_profile("qwen3-8b").chat_kwargs == {"enable_thinking": False}
     assert "system" in get_profile("gemma-2-2b").chat_note and get_profile("gemma-2-2b").chat_kwargs == {}
     assert get_profile("gemma-2-9b").est_gpu_memory_gb > get_profile("gemma-2-2b").est_gpu_memory_gb
-
-
-def test_memory_estimates_cover_weights_and_saes():
-    """est_gpu_memory_gb >= bf16 weights (counted on the meta device at the real sizes) + two fp32 SAEs."""
-    from transformers import AutoModelForCausalLM, Gemma2Config, Qwen3Config
-
-    real = {"gemma-2-2b": Gemma2Config(num_hidden_layers=26, hidden_size=2304, intermediate_size=9216,
-                                       num_attention_heads=8, num_key_value_heads=4, head_dim=256),
-            "gemma-2-9b": Gemma2Config(num_hidden_layers=42, hidden_size=3584, intermediate_size=14336,
-                                       num_attention_heads=16, num_key_value_heads=8, head_dim=256),
-            "qwen3-8b": Qwen3Config(vocab_size=151936, num_hidden_layers=36, hidden_size=4096,
-                                    intermediate_size=12288, num_attention_heads=32, num_key_value_heads=8,
-                                    head_dim=128, tie_word_embeddings=False)}
-    for name, cfg in real.items():
-        p = get_profile(name)
-        with torch.device("meta"):
-            n_params = sum(t.numel() for t in AutoModelForCausalLM.from_config(cfg).parameters())
-        need = (2 * n_params + 2 * 2 * p.d_model * p.d_sae * 4) / 1e9
-        assert need < p.est_gpu_memory_gb < 1.5 * need, (name, need, p.est_gpu_memory_gb)
 
 
 def test_tiny_profile_loads_the_toy_world(hub, monkeypatch):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..method.files import atomic_write
-from ..method.generation import SteerFn, generate
+from ..method.generation import SteerFn, generate, render_chat
 
 __all__ = ["DEFAULT_TEMPERATURE", "MT_BENCH_TEMPERATURES", "FormatError", "MTBenchAnswer", "MTBenchQuestion",
            "generate_chat", "generate_mt_bench_answers", "read_alpaca_outputs", "read_mt_bench_answers",
@@ -230,59 +230,22 @@ def read_alpaca_outputs(path: str | os.PathLike) -> list[dict]:
     return [row for _, row in rows]
 
 
-def render_chat(tokenizer: Any, conversations: Sequence[Sequence[Mapping[str, str]]]) -> list[str]:
-    """Each conversation (``[{"role": "user"|"assistant", "content": ...}, ...]``, ending with a user turn) as the
-    text the model continues: ``apply_chat_template(..., add_generation_prompt=True)``."""
-    texts = []
-    for i, conv in enumerate(conversations):
-        roles = [m.get("role") for m in conv] if isinstance(conv, Sequence) else []
-        if not roles or roles[-1] != "user" or any(r not in ("system", "user", "assistant") for r in roles):
-            raise ValueError(f"conversation {i} must be a list of role/content messages ending with a user turn, "
-                             f"got roles {roles}")
-        if getattr(tokenizer, "chat_template", None):
-            texts.append(tokenizer.apply_chat_template(list(conv), tokenize=False, add_generation_prompt=True))
-        elif roles == ["user"]:
-            texts.append(conv[0]["content"])  # as generate() does without a template
-        else:
-            raise ValueError(f"{type(tokenizer).__name__} has no chat template, so conversation {i} ({len(conv)} "
-                             "messages) cannot be rendered: set tokenizer.chat_template")
-    return texts
-
-
-class _PreRendered:
-    """The tokenizer as :func:`~dspa_lite.method.generation.generate` should see already-rendered chats: without a chat
-    template (so ``format_prompts`` passes them through unchanged); everything else is the real tokenizer."""
-
-    chat_template = None
-
-    def __init__(self, tokenizer: Any):
-        object.__setattr__(self, "_tokenizer", tokenizer)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tokenizer, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:  # generate() sets padding_side/pad_token
-        setattr(self._tokenizer, name, value)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._tokenizer(*args, **kwargs)
-
-
 def generate_chat(model: Any, tokenizer: Any, conversations: Sequence[Sequence[Mapping[str, str]]],
                   max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0, batch_size: int = 32, *,
                   top_p: float = 1.0, steer: SteerFn | None = None, progress: bool = False) -> list[str]:
     """:func:`dspa_lite.generate` for multi-turn chats: the same padding, batching, seeding and sampling.
 
-    The chats are rendered by :func:`render_chat` and handed to ``generate`` as finished prompts, so a
-    one-message chat gives exactly ``generate``'s output. ``steer`` receives, as each row's prompt, the
+    The chats are rendered by :func:`~dspa_lite.method.generation.render_chat` (the profile's chat arguments
+    included) and handed to ``generate`` as finished prompts, so a one-message chat gives exactly
+    ``generate``'s output, stop tokens and all. ``steer`` receives, as each row's prompt, the
     conversation's user turns joined by blank lines: DSPA conditions ``u(x)`` on everything the user asked.
     """
     texts = render_chat(tokenizer, conversations)
     asked = {t: "\n\n".join(m["content"] for m in c if m["role"] == "user")
              for t, c in zip(texts, conversations, strict=True)}
     wrapped = None if steer is None else (lambda batch, ids, mask: steer([asked[t] for t in batch], ids, mask))
-    return generate(model, _PreRendered(tokenizer), texts, max_new_tokens, temperature, seed, batch_size,
-                    top_p=top_p, steer=wrapped, progress=progress)
+    return generate(model, tokenizer, texts, max_new_tokens, temperature, seed, batch_size, top_p=top_p,
+                    steer=wrapped, progress=progress, rendered=True)
 
 
 def generate_mt_bench_answers(model: Any, tokenizer: Any, questions: Sequence[MTBenchQuestion | Mapping],

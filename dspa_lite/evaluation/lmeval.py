@@ -12,7 +12,7 @@ few-shot examples included, without the continuation being scored; DSPA computes
 every option of a question is scored under the same latent sets; with ``positions="continuation"``
 (default) it applies from the last context position, which predicts the first continuation token, through
 every continuation position: the positions DSPA would edit while generating that continuation, exactly as
-``mcq_scores`` does. ``positions="all"`` also edits the context. The contexts are recovered by matching
+``mcq_scores`` does. ``positions="all"`` also edits the context (after a leading BOS). The contexts are recovered by matching
 each padded input row against the requests' token ids (lm-eval right-pads with zeros and passes no
 attention mask); rows shared by several requests, which lm-eval scores once, are steered with the first
 request's context. Under ``generate_until`` tasks the prompt is the decoded context and the edit follows
@@ -30,6 +30,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+
+from ..method.generation import chat_kwargs, render_chat
 
 __all__ = ["POSITIONS", "STANDARD_TASKS", "run_lm_eval", "task_scores"]
 
@@ -58,14 +60,17 @@ def _steer_fn(steerer: Any) -> Steer | None:
     return steer
 
 
-def _request_rows(requests, max_length: int, positions: str) -> dict[tuple[int, ...], tuple[str, int]]:
-    """Each log-likelihood request's input row, as ``HFLM`` feeds it to the model, -> (context, first edited position)."""
+def _request_rows(requests, max_length: int, positions: str,
+                  bos_id: int | None = None) -> dict[tuple[int, ...], tuple[str, int]]:
+    """Each log-likelihood request's input row, as ``HFLM`` feeds it to the model, -> (context, first edited position);
+    ``positions="all"`` starts after a leading BOS."""
     rows: dict[tuple[int, ...], tuple[str, int]] = {}
     for (context, _), ctx_enc, cont_enc in requests:
         if context is None:
             raise NotImplementedError(_ROLLING)
         row = tuple((ctx_enc + cont_enc)[-(max_length + 1):][:-1])
-        rows.setdefault(row, (context, max(0, len(row) - len(cont_enc)) if positions == "continuation" else 0))
+        first = int(bool(row) and bos_id is not None and row[0] == bos_id)
+        rows.setdefault(row, (context, max(0, len(row) - len(cont_enc)) if positions == "continuation" else first))
     return rows
 
 
@@ -84,11 +89,21 @@ def _steered_hflm() -> type:
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
             if self.steer is None:
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-            self._rows = _request_rows(requests, self.max_length, self.positions)
+            self._rows = _request_rows(requests, self.max_length, self.positions, self.tokenizer.bos_token_id)
             try:
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
             finally:
                 self._rows = {}
+
+        def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+            """The package's one rendering path (the profile's chat arguments included) for a chat ending in a
+            user turn; lm-eval's own for anything else (a system turn the template refuses, a continued reply)."""
+            if add_generation_prompt and chat_history and chat_history[-1].get("role") == "user":
+                try:
+                    return render_chat(self.tokenizer, [chat_history])[0]
+                except Exception:  # noqa: BLE001 - e.g. Gemma's template raising on a system turn: lm-eval drops it
+                    pass
+            return super().apply_chat_template(chat_history, add_generation_prompt)
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
             if self.steer is not None:
@@ -176,7 +191,7 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[str], steerer: Any =
     was_training, old_pad = model.training, tokenizer.pad_token
     try:
         lm = _steered_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, steer=steer,
-                             positions=positions)
+                             positions=positions, chat_template_args=chat_kwargs(tokenizer))
         return lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
                                        task_manager=task_manager, log_samples=log_samples, random_seed=random_seed,
                                        numpy_random_seed=random_seed, torch_random_seed=random_seed,

@@ -1,8 +1,10 @@
 """``dspa-lite pipeline``: DSPA on a real model (Gemma-2-2B-it by default) end to end, resumable.
 
-In Colab (a GPU runtime; accept the Gemma licence on huggingface.co and log in first, see book chapter 07)::
+In Colab (a GPU runtime; accept the Gemma licence on huggingface.co and log in first with ``notebook_login()``,
+or, for a token kept as the Colab secret ``HF_TOKEN``, ``dspa_lite.loading.colab.export_hf_token()``: a ``!``
+command is a subprocess, which cannot read Colab secrets; see book chapter 07)::
 
-    !pip install -q "dspa-lite[eval] @ git+https://github.com/dspa-lite/dspa-lite"   # eval: lm-eval
+    !pip install -q "dspa-lite[eval] @ git+https://github.com/dspa-lite/dspa-lite@main"   # eval: lm-eval
     !dspa-lite pipeline --dry-run                                  # the plan; loads nothing
     !dspa-lite pipeline --out /content/drive/MyDrive/dspa-run      # the same line again resumes
 
@@ -15,11 +17,13 @@ Each stage writes one file into ``--out`` (the map: one folder), atomically, and
     mt_bench/model_answer/<profile>-M.jsonl   MT-Bench answers (both turns) for M = none, static, dspa
     alpaca_eval/<profile>-M.json              AlpacaEval outputs for M
     lm_eval/M.json                            lm-eval multiple-choice accuracy for M = none, dspa
+    timings.json                              each finished stage's wall time, GPU and batch size (measured)
     summary.json                              the tables (rewritten by every run)
 
 ``settings.json`` keeps the settings that change results; a rerun with others stops and asks for a new ``--out``.
-Judging needs a judge model, so the run ends by printing the FastChat and alpaca_eval commands. The defaults
-are sized for about 30 minutes on one A100 (an estimate; the run logs each stage's time), ``--quick`` for a few.
+Judging needs a judge model, so the run ends by printing the FastChat and alpaca_eval commands. ``--quick`` is a
+smoke run. Batch sizes come from the memory model for the GPU (``dspa_lite.loading.memory``, printed by the dry
+run); each finished stage's wall time, GPU and batch size go into ``timings.json`` and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from pathlib import Path
 
 from ..loading.profiles import Profile, get_profile
 from ..method.files import atomic_write
+from . import runreport
 
 __all__ = ["LM_EVAL_METHODS", "METHODS", "PipelineError", "Settings", "add_arguments", "plan", "run", "stages"]
 
@@ -93,7 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="dspa-run", help="output folder; run again with the same one to resume")
     p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (the --quick sizes above)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and which files exist; load nothing")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, help="every stage's batch (default: from the memory model for this GPU)")
     p.add_argument("--model-path", help="a local copy of the model (hub layout) instead of downloading it")
     p.add_argument("--mt-bench-questions", default=MT_BENCH_URL, help="FastChat's question.jsonl: a path or URL")
     p.add_argument("--alpaca-file", help="a local alpaca_eval.json instead of the hub's (tatsu-lab/alpaca_eval)")
@@ -130,8 +135,14 @@ def plan(s: Settings, out: Path, profile: Profile) -> dict:
     """What a run would do, from the settings and the files alone (nothing is loaded)."""
     saes = {layer: str(profile.sae_path(layer) or f"{profile.sae_release}/{profile.sae_id(layer)}")
             for layer in (profile.l_in, profile.l_out)}
+    from ..loading.memory import GPUS, Workload
+    from ..loading.memory import plan as memory_plan
+
+    work = Workload(new_tokens=s.max_new_tokens, n_triples=s.n_triples)
+    memory = {gpu: memory_plan(profile, total, cap, work) for gpu, (total, cap) in GPUS.items()}
     return {"profile": profile.name, "model": profile.model_path or profile.model_id, "layers": [profile.l_in, profile.l_out],
-            "saes": saes, "d_sae": profile.d_sae, "est_gpu_memory_gb": profile.est_gpu_memory_gb, "out": str(out),
+            "saes": saes, "d_sae": profile.d_sae, "memory_modelled": memory, "out": str(out),
+
             "settings": asdict(s), "settings_clash": _settings_clash(out, s),
             "stages": [{"stage": n, "file": str(p), "exists": p.exists()} for n, p in stages(s, out, profile.name)]}
 
@@ -139,7 +150,12 @@ def plan(s: Settings, out: Path, profile: Profile) -> dict:
 def _print_plan(p: dict) -> None:
     s = p["settings"]
     _log(f"DSPA on {p['model']}, layers {p['layers'][0]} -> {p['layers'][1]}, SAEs {' -> '.join(p['saes'].values())} "
-         f"({p['d_sae']} wide); about {p['est_gpu_memory_gb']:g} GB of GPU memory")
+         f"({p['d_sae']} wide)")
+    fits = [f"{gpu} ({m['dtype']}, batch {'/'.join(map(str, m['batch'].values()))})"
+            for gpu, m in p["memory_modelled"].items() if m["fits"]]
+    fits = ", ".join(fits) or "none of " + ", ".join(p["memory_modelled"])
+    _log(f"  memory (modelled by dspa_lite.loading.memory): fits {fits}. No time is predicted: a run records each "
+         "stage's wall time on its GPU in timings.json")
     _log(f"  fit on {s['n_triples']} triples of {s['data']}; {s['mode']} k={s['k']} alpha={s['alpha']}; MT-Bench "
          f"{s['mt_bench_n']} x 2 turns and AlpacaEval {s['alpaca_n']}, <= {s['max_new_tokens']} new tokens; lm-eval "
          f"{s['tasks'] or 'skipped'} (limit {s['lm_eval_limit']}); seed {s['seed']}")
@@ -170,6 +186,29 @@ class _Run:
             raise PipelineError(str(e)) from e
 
     @functools.cached_property
+    def batches(self) -> dict[str, int]:
+        """``--batch-size`` for every stage, else the memory model's for this GPU (generation and fitting capped at
+        16, so that every card that fits them samples the same batches), else 16 / 16 / 8 without a GPU."""
+        from ..loading.colab import gpu_plan
+        from ..loading.memory import Workload
+
+        if self.args.batch_size:
+            return dict.fromkeys(("generation", "fitting", "lm-eval"), self.args.batch_size)
+        plan = gpu_plan(self.profile, Workload(new_tokens=self.s.max_new_tokens, n_triples=self.s.n_triples))
+        if plan is None:
+            return {"generation": 16, "fitting": 16, "lm-eval": 8}
+        if not plan["fits"]:
+            raise PipelineError(f"{self.profile.name} does not fit {plan['gpu']} ({plan['total_gb']:.0f} GB) in "
+                                f"{plan['dtype']} by the memory model (dspa_lite.loading.memory): use a larger GPU")
+        b = plan["batch"]
+        return {"generation": min(b["generation"], 16), "fitting": min(b["fitting"], 16), "lm-eval": b["lm-eval"]}
+
+    def batch_of(self, stage: str) -> int | None:
+        key = {"mt_bench": "generation", "alpaca": "generation", "fit": "fitting", "lm_eval": "lm-eval"}.get(
+            stage.partition(":")[0])
+        return self.batches[key] if key else None
+
+    @functools.cached_property
     def steerers(self) -> dict:
         from ..method.baselines import StaticSAE, Unsteered
         from ..method.cdmap import CDMap
@@ -195,7 +234,8 @@ def _fit(r: _Run, path: Path, _: str) -> None:
 
     model, tok, sae_in, sae_out = r.loaded
     triples = read_jsonl(r.files["triples"])
-    fit_cdmap(model, tok, sae_in, sae_out, triples, CDMapConfig.default(), progress=True).save(path)
+    config = replace(CDMapConfig.default(), batch_size=r.batches["fitting"])
+    fit_cdmap(model, tok, sae_in, sae_out, triples, config, progress=True).save(path)
 
 
 def _questions(r: _Run, path: Path, _: str) -> None:
@@ -240,7 +280,7 @@ def _mt_bench(r: _Run, path: Path, method: str) -> None:
     steer = None if method == "none" else r.steerers[method].steer
     answers = generate_mt_bench_answers(model, tok, read_mt_bench_questions(r.files["questions"]), path.stem,
                                         steer=steer, max_new_tokens=r.s.max_new_tokens, seed=r.s.seed,
-                                        batch_size=r.args.batch_size, progress=True)
+                                        batch_size=r.batches["generation"], progress=True)
     write_mt_bench_answers(answers, path.parent)
 
 
@@ -250,7 +290,7 @@ def _alpaca(r: _Run, path: Path, method: str) -> None:
     rows = json.loads(r.files["instructions"].read_text(encoding="utf-8"))
     instructions = [row["instruction"] for row in rows]
     outputs = r.steerers[method].generate(instructions, max_new_tokens=r.s.max_new_tokens, temperature=ALPACA_TEMPERATURE,
-                                          seed=r.s.seed, batch_size=r.args.batch_size, progress=True)
+                                          seed=r.s.seed, batch_size=r.batches["generation"], progress=True)
     write_alpaca_outputs(path, instructions, outputs, path.stem, [row.get("dataset") for row in rows])
 
 
@@ -263,7 +303,7 @@ def _lm_eval(r: _Run, path: Path, method: str) -> None:
     include = r.args.lm_eval_include
     tasks = TaskManager(include_path=str(Path(include).expanduser()), include_defaults=False) if include else None
     res = run_lm_eval(model, tok, r.s.tasks.split(","), steerer=None if method == "none" else r.steerers[method],
-                      limit=r.s.lm_eval_limit, batch_size=r.args.batch_size, random_seed=r.s.seed, task_manager=tasks)
+                      limit=r.s.lm_eval_limit, batch_size=r.batches["lm-eval"], random_seed=r.s.seed, task_manager=tasks)
     keep = {k: res.get(k) for k in ("n-shot", "versions", "n-samples")}
     atomic_write(path, json.dumps({"scores": task_scores(res), "limit": r.s.lm_eval_limit, **keep}, indent=1,
                                   default=str) + "\n")
@@ -271,38 +311,6 @@ def _lm_eval(r: _Run, path: Path, method: str) -> None:
 
 STAGES = {"triples": _triples, "fit": _fit, "questions": _questions, "instructions": _instructions,
           "mt_bench": _mt_bench, "alpaca": _alpaca, "lm_eval": _lm_eval}
-
-
-def _summary(todo: list[tuple[str, Path]], s: Settings, seconds: dict) -> dict:
-    from .evals import text_metrics
-    from .formats import read_alpaca_outputs, read_mt_bench_answers
-
-    gen, lm = {}, {}
-    for name, path in todo:
-        kind, _, method = name.partition(":")
-        if kind in ("mt_bench", "alpaca"):
-            texts = ([t for a in read_mt_bench_answers(path) for t in a.turns] if kind == "mt_bench"
-                     else [row["output"] for row in read_alpaca_outputs(path)])
-            gen[name] = {"n_texts": len(texts), **text_metrics(texts)}
-        elif kind == "lm_eval":
-            lm[method] = json.loads(path.read_text(encoding="utf-8"))["scores"]
-    return {"settings": asdict(s), "generation": gen, "lm_eval": lm, "seconds": seconds,
-            "files": {name: str(path) for name, path in todo}}
-
-
-def _print_summary(summary: dict, out: Path, name: str) -> None:
-    _log(f"\n{'answers':16s} {'texts':>6s} {'words':>7s} {'distinct-2':>10s} {'repetition':>10s}")
-    for stage, g in summary["generation"].items():
-        _log(f"{stage:16s} {g['n_texts']:6d} {g['mean_words']:7.1f} {g['distinct_2']:10.3f} {g['repetition_rate']:10.3f}")
-    for method, scores in summary["lm_eval"].items():
-        _log(f"lm-eval {method:5s} " + ", ".join(f"{t} {m} {v:.3f}" for t, ms in scores.items() for m, v in ms.items()))
-    ids = " ".join(f"{name}-{m}" for m in METHODS)
-    _log(f"\nJudge the answers (a judge model; a judge other than the benchmarks' own makes the numbers incomparable "
-         f"with their leaderboards):\n  MT-Bench: copy {out / 'mt_bench' / 'model_answer'}/*.jsonl into FastChat's "
-         f"fastchat/llm_judge/data/mt_bench/model_answer/, then\n    python -m fastchat.llm_judge.gen_judgment "
-         f"--model-list {ids}\n    python -m fastchat.llm_judge.show_result --model-list {ids}\n  AlpacaEval: "
-         f"alpaca_eval --model_outputs {out / 'alpaca_eval' / f'{name}-dspa.json'} --reference_outputs "
-         f"{out / 'alpaca_eval' / f'{name}-none.json'}\n  or any OpenAI-compatible judge: dspa_lite.evaluation.judges")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -321,7 +329,7 @@ def run(args: argparse.Namespace) -> dict:
         raise PipelineError("lm-eval is not installed: pip install 'dspa-lite[eval]' (or, in a new --out, "
                             "pass --tasks '' to skip it)")
     atomic_write(out / "settings.json", json.dumps(asdict(s), indent=1) + "\n")
-    r, seconds = _Run(s, profile, dict(todo), args), {}
+    r, seconds, where = _Run(s, profile, dict(todo), args), {}, runreport.machine()
     for i, (name, path) in enumerate(todo, 1):
         if path.exists():
             continue
@@ -329,8 +337,9 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         STAGES[name.partition(":")[0]](r, path, name.partition(":")[2])
         seconds[name] = time.perf_counter() - t0
+        runreport.record_time(out, name, seconds[name], r.batch_of(name), where)
         _log(f"== {name} done in {seconds[name] / 60:.1f} min")
-    summary = _summary(todo, s, seconds)
-    atomic_write(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
-    _print_summary(summary, out, profile.name)
-    return summary
+    result = runreport.summary(todo, s, seconds, out)
+    atomic_write(out / "summary.json", json.dumps(result, indent=1, default=str) + "\n")
+    runreport.print_summary(result, out, profile.name, METHODS)
+    return result

@@ -14,20 +14,65 @@ import torch
 
 from .hub import ModelLoadError
 
-__all__ = ["enough_ram", "kv_cache_bytes", "missing_model_message", "offline_empty_cache", "ram_gb", "token_status"]
+__all__ = ["LOGIN", "enough_ram", "export_hf_token", "gpu_plan", "kv_cache_bytes", "missing_model_message",
+           "offline_empty_cache", "ram_gb", "token_status"]
 
 GB = 1e9
 HUB_VARIABLES = ("HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE")
 
 
+LOGIN = ("accept the licence on the model page, then run `from huggingface_hub import notebook_login; "
+         "notebook_login()` (it saves the token where `!dspa-lite ...` subprocesses find it too), or add it as the "
+         "Colab secret HF_TOKEN and call dspa_lite.loading.colab.export_hf_token() before any `!` command")
+
+
 def token_status() -> str:
-    """Whether ``huggingface_hub`` finds a token (``HF_TOKEN``, ``hf auth login`` or Colab's secret), and the fix."""
+    """Whether ``huggingface_hub`` finds a token (``HF_TOKEN``, ``notebook_login``/``hf auth login`` or Colab's
+    secret, which only this notebook's own process can read), and the fix."""
     from huggingface_hub import get_token
 
     if get_token():
-        return "a Hugging Face token is set"
-    return ("no Hugging Face token found: accept the licence on the model page, then notebook_login() or "
-            "`hf auth login`")
+        sub = "" if os.environ.get("HF_TOKEN") or _saved_token() else (
+            "; `!` subprocesses cannot read Colab secrets: call export_hf_token() before `!dspa-lite pipeline`")
+        return "a Hugging Face token is set" + sub
+    return f"no Hugging Face token found: {LOGIN}"
+
+
+def _saved_token() -> bool:
+    from huggingface_hub import constants
+
+    return os.path.isfile(constants.HF_TOKEN_PATH)
+
+
+def export_hf_token(secret: str = "HF_TOKEN") -> bool:
+    """Copy the Colab secret ``secret`` into ``os.environ["HF_TOKEN"]``, so that subprocesses (``!dspa-lite
+    pipeline``, ``!python ...``) inherit it: ``huggingface_hub`` reads Colab secrets only inside the notebook's own
+    process. Returns whether ``HF_TOKEN`` is set afterwards; outside Colab it only reports."""
+    if os.environ.get("HF_TOKEN"):
+        return True
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    try:
+        token = userdata.get(secret)
+    except Exception:  # noqa: BLE001 - SecretNotFoundError / NotebookAccessError: the user has not granted it
+        return False
+    if token:
+        os.environ["HF_TOKEN"] = token
+    return bool(token)
+
+
+def gpu_plan(profile, work=None) -> dict | None:
+    """:func:`dspa_lite.loading.memory.plan` for this machine's first CUDA GPU (``None`` without one), plus its name."""
+    from .memory import Workload, plan
+    from .profiles import get_profile
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return {"gpu": props.name, "total_gb": props.total_memory / GB,
+            **plan(get_profile(profile), props.total_memory, (props.major, props.minor), work or Workload())}
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@
 This is the one place that reads the environment:
 
 - ``DSPA_PROFILE``: which model world to run in (``tiny``, the embedded offline toy world, or a
-  real model such as ``gemma-2-2b``). Default: ``tiny`` when there is no GPU or ``CI`` is set.
+  real model such as ``gemma-2-2b-it``). Default: ``tiny`` when there is no GPU or ``CI`` is set, else
+  ``gemma-2-2b-it`` (chat-style preference data steers the chat model; chapter 07 says why).
 - ``DSPA_FAST``: ``1`` shrinks evaluation sizes so chapters run in about a minute on a CPU.
   Default: on when ``CI`` is set.
 - ``DSPA_CACHE``: where built artifacts (the toy world, fitted maps) live.
@@ -53,7 +54,7 @@ def profile_name() -> str:
     """The profile selected by ``DSPA_PROFILE`` (validated), or the default for this machine."""
     name = os.environ.get("DSPA_PROFILE", "").strip()
     if not name:
-        return "tiny" if in_ci() or not torch.cuda.is_available() else "gemma-2-2b"
+        return "tiny" if in_ci() or not torch.cuda.is_available() else "gemma-2-2b-it"  # why -it: book chapter 07
     known = KNOWN_PROFILES
     if name not in known:
         raise SettingError(f"DSPA_PROFILE={name!r} is not a known profile; choose one of {', '.join(known)}")

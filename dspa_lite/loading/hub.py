@@ -73,8 +73,10 @@ def translate(e: BaseException, what: str, repo: str, fetch: str) -> ModelLoadEr
             f"run a smaller profile ('gemma-2-2b', or 'tiny' on a CPU). {said}")
     if any(isinstance(x, GatedRepoError) for x in chain) or "gated repo" in text.lower():
         return ModelLoadError(
-            f"{repo} is a gated repository: accept the licence at https://huggingface.co/{repo} and run "
-            f"`huggingface-cli login` (or `hf auth login`) or set HF_TOKEN, then load {what} again. {said}")
+            f"{repo} is a gated repository: accept the licence at https://huggingface.co/{repo}, then log in: "
+            "notebook_login() in a notebook, `hf auth login` in a shell, or set HF_TOKEN (a Colab secret reaches only "
+            "the notebook itself: dspa_lite.loading.colab.export_hf_token() passes it to `!` commands), then load "
+            f"{what} again. {said}")
     offline = any(isinstance(x, (LocalEntryNotFoundError, OfflineModeIsEnabled)) for x in chain) or any(
         s in text.lower() for s in ("couldn't connect", "offline mode", "cannot find the requested files"))
     if offline:

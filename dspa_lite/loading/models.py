@@ -25,6 +25,7 @@ from ..method.checks import check_finite_weights
 from ..method.hooks import check_layer, decoder_layers
 from . import config
 from .hub import ModelLoadError, hub_env, translated
+from .memory import gpu_dtype
 from .profiles import Profile, get_profile
 from .sae import load_sae
 
@@ -32,7 +33,8 @@ __all__ = ["ModelLoadError", "load", "load_all", "load_sae", "residual_module", 
 
 
 def resolve_dtype(profile: Profile, device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """``dtype`` if given, else the profile's dtype on a GPU that supports it, and float32 elsewhere.
+    """``dtype`` if given, else the profile's dtype on a GPU with native bfloat16 (compute capability >= 8.0),
+    and float32 elsewhere (a T4, CPU, MPS).
 
     >>> from dspa_lite.loading.profiles import PROFILES
     >>> resolve_dtype(PROFILES["gemma-2-2b"], torch.device("cpu"))
@@ -43,12 +45,11 @@ def resolve_dtype(profile: Profile, device: torch.device, dtype: str | torch.dty
         if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
             raise ValueError(f"dtype={dtype!r} is not a floating-point torch dtype; use 'bfloat16' or 'float32'")
         return resolved
-    wanted = getattr(torch, profile.dtype)
-    if device.type != "cuda" or wanted == torch.float32:
+    if device.type != "cuda":
         return torch.float32
-    if wanted == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-        return torch.float32  # fp16 overflows in Gemma-2's residual stream: fall back to fp32, not fp16
-    return wanted
+    # bfloat16 needs compute capability >= 8.0 (A100, L4, H100). A T4 (7.5) reports is_bf16_supported() True but
+    # emulates it slowly; float16 overflows Gemma-2's residual stream; so float32 there (memory.gpu_dtype).
+    return getattr(torch, gpu_dtype(profile, torch.cuda.get_device_capability(device)))
 
 
 def residual_module(model: nn.Module, layer: int) -> nn.Module:

@@ -50,7 +50,6 @@ class Profile:
             (from its ``config.json``), read by the FLOP counts.
         dtype: the model dtype on a GPU; on a CPU models load in float32.
         d_sae: width of the SAEs named by the template.
-        est_gpu_memory_gb: model weights in ``dtype`` + two fp32 SAEs + KV cache for a batch of 16 x 1k tokens.
         est_minutes_a100: chapter 07's pipeline on one A100 (see ``est_note``); ``None`` if not meant for one.
         chat_template_kwargs: extra template variables, as pairs (Qwen3: ``enable_thinking=False`` for
             direct answers); :attr:`chat_kwargs` gives them as a dict.
@@ -80,7 +79,6 @@ class Profile:
     sae_note: str = ""  # which model the SAEs were trained on, and what that implies
     chat_note: str = ""  # the chat template's quirks
     chat_template_kwargs: tuple[tuple[str, Any], ...] = ()  # extra variables for apply_chat_template
-    est_gpu_memory_gb: float = 0.0
     est_minutes_a100: float | None = None
     est_note: str = ""
     model_path: str | None = None
@@ -121,6 +119,14 @@ class Profile:
     def chat_kwargs(self) -> dict[str, Any]:
         """Keyword arguments to pass to ``tokenizer.apply_chat_template`` (e.g. Qwen3's ``enable_thinking``)."""
         return dict(self.chat_template_kwargs)
+
+    @property
+    def est_gpu_memory_gb(self) -> float:
+        """Modelled GB on a GPU in :attr:`dtype` at ``dspa-lite pipeline``'s sizes: resident weights, SAEs and map
+        plus the largest stage (:mod:`dspa_lite.loading.memory`, the one memory model; its ``plan`` is the gate)."""
+        from .memory import need_bytes
+
+        return round(need_bytes(self) / 1e9, 1)
 
     def sae_path(self, layer: int) -> Path | None:
         """The local SAE folder for ``layer``, if :meth:`with_paths` set one."""
@@ -194,7 +200,7 @@ _GEMMA_2B = Profile(
     d_mlp=9216, n_heads=8, n_kv_heads=4, head_dim=256, vocab_size=256000,
     sae_note="Gemma Scope JumpReLU SAEs trained on this (pre-trained) model's residual stream",
     chat_note="a base model: it has Gemma's chat template but was not trained on it. " + _GEMMA_CHAT,
-    est_gpu_memory_gb=8.0, est_minutes_a100=15.0, est_note=_EST_NOTE,
+    est_minutes_a100=15.0, est_note=_EST_NOTE,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
@@ -206,7 +212,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         d_mlp=512, n_heads=4, n_kv_heads=2, head_dim=32, vocab_size=193,
         sae_note="standard (ReLU + L1) SAEs trained by dspa_lite on the toy model itself",
         chat_note="a word-level toy template: <bos> <start_of_turn> user ... <end_of_turn> <start_of_turn> model",
-        est_gpu_memory_gb=0.1, est_minutes_a100=None,
+        est_minutes_a100=None,
         est_note="ships with the package (worlds of other seeds build in about five minutes); runs on a CPU",
         builtin="dspa_lite.toyworld:load",
     ),
@@ -224,7 +230,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         d_sae=16384, d_mlp=14336, n_heads=16, n_kv_heads=8, head_dim=256, vocab_size=256000,
         sae_note="Gemma Scope JumpReLU SAEs trained on this (pre-trained) model's residual stream",
         chat_note="a base model. " + _GEMMA_CHAT,
-        est_gpu_memory_gb=26.0, est_minutes_a100=35.0, est_note=_EST_NOTE + "; needs a 40 GB or larger GPU",
+        est_minutes_a100=35.0, est_note=_EST_NOTE + "; needs a 40 GB or larger GPU",
     ),
     Profile(
         # 36 layers: l_in=18 (50%), l_out=27 (75%). Qwen-Scope has an SAE at every layer (layer0..layer35).
@@ -236,7 +242,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         chat_note="ChatML (<|im_start|>user ... <|im_end|>), no BOS token; Qwen3 thinks (<think>...</think>) "
                   "before answering unless the template gets enable_thinking=False (chat_kwargs)",
         chat_template_kwargs=(("enable_thinking", False),),
-        est_gpu_memory_gb=24.0, est_minutes_a100=30.0, est_note=_EST_NOTE + "; needs a 40 GB or larger GPU",
+        est_minutes_a100=30.0, est_note=_EST_NOTE + "; needs a 40 GB or larger GPU",
     ),
 )}
 

@@ -2,7 +2,8 @@
 
 - **Static SAE steering**: one global ``K_neg``/``K_pos`` from the unconditional mean ``delta``
   over all triples (ranked on ``delta / std`` when the map normalises ``delta``, so it uses the
-  same options as DSPA), the same token-active edit and modes, applied at every token.
+  same options as DSPA), the same token-active edit and modes, applied at every token but padding and a
+  leading BOS (Gemma-2's BOS residual is an outlier that Gemma Scope left out of training).
 - **CAA** (Rimsky et al., 2024, "Steering Llama 2 via Contrastive Activation Addition"): the mean
   residual difference between chosen and rejected responses at one layer, added with a
   multiplier at every position.
@@ -19,7 +20,7 @@ from torch import Tensor
 from .cdmap import CDMap, select_latents
 from .dspa import LatentEdit, masks_from
 from .features import encode_texts, residual_rows
-from .generation import Steerer
+from .generation import Steerer, content_start
 from .hooks import check_layer, edit
 from .saes import check_sae
 
@@ -50,10 +51,14 @@ class StaticSAE(Unsteered):
 
     @contextlib.contextmanager
     def steer(self, prompts, input_ids=None, attention_mask=None, start=None):
+        """Every position but padding and a leading BOS (``start`` is ignored: static steering has no decision point;
+        without ``input_ids`` every position)."""
+        first = None if input_ids is None else content_start(input_ids, attention_mask, self.tokenizer.bos_token_id)
         ed = LatentEdit(self.sae_out, self._neg, self._pos, self.mode, self.alpha, self.gate, self.cdmap.latent_mean,
-                        every_position=True)
+                        start=first, every_position=first is None)
         with edit(self.model, self.l_out, ed):
             yield ed
+        ed.check_finite()  # the edit's device-side NaN/inf flag, read once per batch
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ difference in prompting, padding, sampling or decoding.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
@@ -19,14 +19,46 @@ from tqdm.auto import tqdm
 
 from .checks import check_context, check_prompts, model_context
 
-__all__ = ["SteerFn", "Steerer", "format_prompts", "generate"]
+__all__ = ["SteerFn", "Steerer", "chat_kwargs", "content_start", "end_of_turn_id", "format_prompts", "generate",
+           "render_chat", "stop_ids"]
 
 SteerFn = Callable[[list[str], Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]], AbstractContextManager[Any]]
 """``steer(batch_prompts, input_ids, attention_mask)`` returns the context (e.g. ``hooks.edit``) to generate under."""
 
 
+def chat_kwargs(tokenizer: Any) -> dict[str, Any]:
+    """The profile's extra chat-template variables that :func:`dspa_lite.loading.models.load` attached to the
+    tokenizer (Qwen3: ``enable_thinking=False``); ``{}`` for any other tokenizer."""
+    return dict(getattr(tokenizer, "dspa_chat_kwargs", None) or {})
+
+
+def render_chat(tokenizer: Any, conversations: Sequence[Sequence[Mapping[str, str]]]) -> list[str]:
+    """Each conversation (``[{"role": "user"|"assistant", "content": ...}, ...]``, ending with a user turn) as the
+    text the model continues: ``apply_chat_template(..., add_generation_prompt=True, **chat_kwargs(tokenizer))``.
+
+    The one rendering path: :func:`format_prompts` (generation, fitting, features), the MT-Bench and AlpacaEval
+    answers (``formats.generate_chat``) and lm-eval's chat prompts (``lmeval.run_lm_eval``) all come here, so a
+    profile's chat arguments apply everywhere. Without a template a single user turn passes through unchanged.
+    """
+    texts = []
+    for i, conv in enumerate(conversations):
+        roles = [m.get("role") for m in conv] if isinstance(conv, Sequence) else []
+        if not roles or roles[-1] != "user" or any(r not in ("system", "user", "assistant") for r in roles):
+            raise ValueError(f"conversation {i} must be a list of role/content messages ending with a user turn, "
+                             f"got roles {roles}")
+        if getattr(tokenizer, "chat_template", None):
+            texts.append(tokenizer.apply_chat_template(list(conv), tokenize=False, add_generation_prompt=True,
+                                                       **chat_kwargs(tokenizer)))
+        elif roles == ["user"]:
+            texts.append(conv[0]["content"])
+        else:
+            raise ValueError(f"{type(tokenizer).__name__} has no chat template, so conversation {i} ({len(conv)} "
+                             "messages) cannot be rendered: set tokenizer.chat_template")
+    return texts
+
+
 def format_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
-    """Wrap each prompt as a single user turn with the tokenizer's chat template, if it has one.
+    """Wrap each prompt as a single user turn with the tokenizer's chat template (:func:`render_chat`), if it has one.
 
     >>> class NoTemplate:
     ...     chat_template = None
@@ -34,22 +66,56 @@ def format_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
     ['Hi there']
     """
     prompts = check_prompts(prompts)
+    return render_chat(tokenizer, [[{"role": "user", "content": p}] for p in prompts])
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The special token the chat template closes a turn with (Gemma ``<end_of_turn>``, ChatML ``<|im_end|>``),
+    or ``None`` when there is no template or it closes turns with ordinary text."""
     if not getattr(tokenizer, "chat_template", None):
-        return list(prompts)
-    extra = getattr(tokenizer, "dspa_chat_kwargs", None) or {}  # e.g. Qwen3's enable_thinking=False (models.load)
-    return [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
-                                      **extra)
-        for p in prompts
-    ]
+        return None
+    mark = "dspa0answer0mark"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}], tokenize=False,
+            **chat_kwargs(tokenizer))
+    except Exception:  # noqa: BLE001 - a template that cannot render a plain exchange has no turn marker to find
+        return None
+    after = text.rpartition(mark)[2] if mark in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                if getattr(t, "special", False)}
+    return ids[0] if ids and ids[0] in special else None
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The tokenizer's EOS plus the model's ``generation_config.eos_token_id`` (e.g. Gemma's ``<end_of_turn>``)."""
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Where generation stops: the tokenizer's EOS, the model's ``generation_config.eos_token_id`` and the chat
+    template's end-of-turn token. A base model's config lists only ``<eos>``; it is not trained on the template,
+    so without the turn marker its answers would run on and invent the next turns."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids += [cfg_eos] if isinstance(cfg_eos, int) else list(cfg_eos or [])
+    ids += [i] if (i := end_of_turn_id(tokenizer)) is not None else []
     return list(dict.fromkeys(ids))
+
+
+def content_start(input_ids: Int[Tensor, "batch seq"], attention_mask: Int[Tensor, "batch seq"] | None,
+                  bos_id: int | None) -> list[int]:
+    """Per row, the first position after left padding and a leading BOS: where an every-position edit starts.
+
+    Gemma-2's BOS residual is an outlier that Gemma Scope left out of training, and padding is no text, so
+    static steering and ``positions="all"`` edit neither.
+
+    >>> content_start(torch.tensor([[0, 0, 2, 7], [2, 5, 6, 7]]), torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), 2)
+    [3, 1]
+    """
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    starts = []
+    for ids, m in zip(input_ids.tolist(), mask.tolist(), strict=True):
+        first = next((t for t, v in enumerate(m) if v), len(m))
+        starts.append(first + int(first < len(ids) and bos_id is not None and ids[first] == bos_id))
+    return starts
 
 
 @torch.no_grad()
@@ -65,6 +131,7 @@ def generate(
     top_p: float = 1.0,
     steer: SteerFn | None = None,
     progress: bool = False,
+    rendered: bool = False,
 ) -> list[str]:
     """Generate one completion per prompt (chat-formatted, left-padded, batched, seeded).
 
@@ -73,12 +140,13 @@ def generate(
     Batch ``i`` is seeded with ``torch.manual_seed(seed + i)``, so a repeated call, or a steered call
     whose edit is the identity, returns the same text. ``steer(batch_prompts, input_ids,
     attention_mask)`` returns a context manager entered around ``model.generate`` for that batch.
+    ``rendered=True``: the prompts are already chat texts (:func:`render_chat`'s), used as they are.
 
     Returns:
         The new text of each completion (special tokens removed, stripped), in prompt order.
     """
     _check_sampling(max_new_tokens, temperature, top_p, batch_size)
-    texts = format_prompts(tokenizer, prompts)
+    texts = list(check_prompts(prompts)) if rendered else format_prompts(tokenizer, prompts)
     if tokenizer.pad_token is None and tokenizer.eos_token is None:
         raise ValueError(
             f"{type(tokenizer).__name__} has neither a pad nor an EOS token to pad batches with: set tokenizer.pad_token"
@@ -90,7 +158,7 @@ def generate(
     check_context(lengths, model_context(model), "prompts")  # a warning: the text is still generated
     sampling = {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
     gen_kwargs = (sampling if temperature > 0 else {"do_sample": False}) | {
-        "max_new_tokens": max_new_tokens, "eos_token_id": _eos_ids(model, tokenizer) or None}
+        "max_new_tokens": max_new_tokens, "eos_token_id": stop_ids(model, tokenizer) or None}
     outputs: list[str] = []
     with _left_padded(tokenizer):  # generation appends on the right, so prompts must end flush
         starts = range(0, len(texts), batch_size)
