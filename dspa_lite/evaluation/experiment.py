@@ -24,6 +24,7 @@ from torch import Tensor
 from ..method.baselines import CAA, StaticSAE, Unsteered, mean_difference
 from ..method.cdmap import CDMap, CDMapConfig
 from ..method.dspa import DSPA, fit_cdmap
+from ..method.stopguard import StopGuard, fit_stop_probe
 from .evals import judge_responses, mcq_accuracy, pairwise_scores
 from .protocols import mean_se
 
@@ -42,8 +43,10 @@ def fit_maps(world, n: int | None = None, config: CDMapConfig | None = None) -> 
 
 
 def build_methods(world, names, cdmap: CDMap | None = None, plain: CDMap | None = None, **kw) -> dict[str, object]:
-    """Named methods: ``none``, ``static``, ``caa``, ``dspa``, ``dspa-plain``, ``static-plain``, ``dspa-ungated``."""
-    p = {**DEFAULTS, **kw}
+    """Named methods: ``none``, ``static``, ``caa``, ``dspa``, ``dspa-plain``, ``static-plain``, ``dspa-ungated``,
+    ``dspa-guarded`` (DSPA under a :class:`~dspa_lite.method.stopguard.StopGuard` at ``stop_threshold``, 0.5 unless
+    given, its probe fitted on the training triples)."""
+    p = {**DEFAULTS, "stop_threshold": 0.5, **kw}
     cdmap = cdmap if cdmap is not None else fit_maps(world)
     makers: dict[str, Callable[[], object]] = {
         "none": lambda: Unsteered(world.model, world.tokenizer),
@@ -55,6 +58,9 @@ def build_methods(world, names, cdmap: CDMap | None = None, plain: CDMap | None 
                              p["alpha"]),
         "dspa-ungated": lambda: DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, p["mode"],
                                      p["k"], p["alpha"], gate="none"),
+        "dspa-guarded": lambda: StopGuard(makers["dspa"](), fit_stop_probe(world.model, world.tokenizer,
+                                                                           world.triples("train"), world.l_out),
+                                          p["stop_threshold"]),
     }
     if plain is not None or any(n.endswith("-plain") for n in names):
         plain = plain if plain is not None else fit_maps(world, config=CDMapConfig.plain())

@@ -1,0 +1,54 @@
+"""method/stopguard.py: the end-of-turn probe reads the toy model's own stopping, and the guard is an exact
+pass-through (threshold 1), an exact undo (a probe that always fires), and cleans up its hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dspa_lite import generate
+from dspa_lite.method.baselines import CAA
+from dspa_lite.method.dspa import DSPA
+from dspa_lite.method.hooks import decoder_layers
+from dspa_lite.method.stopguard import StopGuard, StopProbe, fit_stop_probe
+
+
+@pytest.fixture(scope="module")
+def probe(world):
+    return fit_stop_probe(world.model, world.tokenizer, world.triples("train")[:60], world.l_out)
+
+
+def test_probe_ranks_the_positions_before_end_of_turn_first(world, probe):
+    from dspa_lite.method.stopguard import _residuals, stop_texts
+
+    X, y = _residuals(world.model, world.tokenizer, stop_texts(world.tokenizer, world.triples("test")[:40]),
+                      world.l_out, {world.tokenizer.eos_token_id}, 16)
+    p = probe.probability(X)
+    pos, neg = p[y == 1], p[y == 0]
+    auc = float((pos[:, None] > neg[None, :]).float().mean())
+    assert auc > 0.95, auc  # held-out chats: the model's stopping is linearly readable at l_out
+    assert float(pos.mean()) > 0.3 > float(neg.mean())
+
+
+def test_threshold_one_is_the_steerer_and_an_always_firing_probe_is_unsteered(world, cdmap, probe):
+    prompts = world.prompts("test", 8)
+    dspa = DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, "augment", 64, 6.0)
+    kw = dict(max_new_tokens=40, temperature=1.0, seed=3)
+    steered, unsteered = dspa.generate(prompts, **kw), generate(world.model, world.tokenizer, prompts, **kw)
+    assert steered != unsteered
+    assert StopGuard(dspa, probe, threshold=1.0).generate(prompts, **kw) == steered
+    always = StopProbe(torch.zeros_like(probe.w), 50.0, probe.layer)
+    assert StopGuard(dspa, always, threshold=0.5).generate(prompts, **kw) == unsteered
+
+
+def test_guard_refuses_a_probe_of_another_layer_and_cleans_up(world, cdmap, probe):
+    caa = CAA(world.model, world.tokenizer, torch.ones(world.model.config.hidden_size), world.l_in, 1.0)
+    with pytest.raises(ValueError, match="layer"):
+        StopGuard(caa, probe)
+    dspa = DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, "augment", 8, 3.0)
+    with pytest.raises(ValueError, match="threshold"):
+        StopGuard(dspa, probe, threshold=0.0)
+    layer = decoder_layers(world.model)[world.l_out]
+    with pytest.raises(RuntimeError, match="boom"), StopGuard(dspa, probe).steer(world.prompts("test", 2)):
+        raise RuntimeError("boom")
+    assert not layer._forward_hooks
