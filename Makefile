@@ -13,7 +13,7 @@ TORCH_INDEX ?=
 STAMP  := $(VENV)/.dspa-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: book test setup lock toy lint unit chapters browser other-world render clean help
+.PHONY: book test setup lock toy lint unit chapters browser other-world render clean help repository
 
 help:
 	@echo "make book   build the toy world (once) and the executed book into _build/html"
@@ -44,6 +44,10 @@ lock:
 	uv pip compile pyproject.toml --extra book --extra dev --extra eval --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --override lock-overrides.txt \
 		$(addprefix --no-emit-package ,$(NO_EMIT)) -o $(LOCK)
+
+# The repository URL and branch live in _config.yml; this writes them into the chapters, README and package.
+repository: setup
+	$(PY) tools/set_repository.py
 
 # The reference world ships with the package: this only verifies it (seconds).
 toy: setup

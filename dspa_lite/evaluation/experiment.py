@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import math
 import sys
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ..loading import repository
 from ..method.baselines import CAA, StaticSAE, Unsteered, mean_difference
 from ..method.cdmap import CDMap, CDMapConfig
 from ..method.dspa import DSPA, fit_cdmap
@@ -222,19 +222,18 @@ def _versus(a: dict, b: dict, categories: list[str]) -> dict:
     return out
 
 
-def recorded_run(name: str, repo_url: str, start: Path | None = None) -> dict:
+def recorded_run(name: str, repo_url: str = repository.URL, start: Path | None = None) -> dict:
     """A benchmark's recorded result, ``benchmarks/results/<name>``: from the repository around ``start`` (default:
-    the working folder, as when a chapter runs from a clone), else from ``repo_url``'s main branch on GitHub (Colab,
-    where the package is installed without the repository)."""
+    the working folder, as when a chapter runs from a clone), else downloaded from ``repo_url`` (Colab, where the
+    package is installed without the repository)."""
     here = Path.cwd() if start is None else Path(start)
     for folder in (here, *here.parents):
         if (path := folder / "benchmarks" / "results" / name).is_file():
             return json.loads(path.read_text(encoding="utf-8"))
-    url = f"{repo_url.replace('github.com', 'raw.githubusercontent.com').rstrip('/')}/main/benchmarks/results/{name}"
+    url = repository.raw_url(f"benchmarks/results/{name}", repo_url)
     print(f"no benchmarks/results/{name} above {here}: reading {url}", file=sys.stderr)
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return json.loads(response.read())
+        return repository.fetch_json(f"benchmarks/results/{name}", repo_url, timeout=30)
     except OSError as e:  # URLError is an OSError
         script = f"benchmarks/{name.removesuffix('.json').removesuffix('_quick')}.py"
         raise FileNotFoundError(f"the recorded run {name} is neither under a folder above {here} nor readable from {url} "

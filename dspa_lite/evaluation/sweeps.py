@@ -25,13 +25,13 @@ import json
 import platform
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
+from ..loading import repository
 from ..method.dspa import DSPA
 from ..method.generation import generate
 from .evals import text_metrics
@@ -178,7 +178,7 @@ def _results_dir(start: Path | None = None) -> Path | None:
 
 def recorded(name: str = RECORDING, start: Path | None = None, repo_url: str | None = None) -> dict | None:
     """The recorded sweep ``benchmarks/results/<name>``: from the clone above ``start`` (default: the working
-    folder), else, given ``repo_url``, from that repository's main branch (Colab installs the package without
+    folder), else, given ``repo_url``, downloaded from that repository (Colab installs the package without
     the repository); ``None`` when neither has it."""
     folder = _results_dir(start)
     path = folder / name if folder else None
@@ -186,10 +186,8 @@ def recorded(name: str = RECORDING, start: Path | None = None, repo_url: str | N
         return json.loads(path.read_text(encoding="utf-8"))
     if repo_url is None:
         return None
-    url = f"{repo_url.replace('github.com', 'raw.githubusercontent.com').rstrip('/')}/main/benchmarks/results/{name}"
     try:
-        with urllib.request.urlopen(url, timeout=20) as response:
-            return json.loads(response.read())
+        return repository.fetch_json(f"benchmarks/results/{name}", repo_url)
     except (OSError, ValueError):  # no network, no such file (HTTPError is an OSError), not JSON
         return None
 
