@@ -308,3 +308,39 @@ def qwen_scope_sae(folder: Path, layer: int, d_in: int = D_MODEL, d_sae: int = D
     sae = TopKSAE(TopKSAEConfig.from_dict({**cfg, "d_in": d_in, "d_sae": d_sae, "k": k}))
     _random_sae(sae, None, seed).save_model(folder)
     return Path(folder)
+
+
+def hub_cache_file(cache: Path, repo_id: str, filename: str) -> Path:
+    """Where ``hf_hub_download(repo_id, filename)`` finds a file in a cache filled as ``hf download`` leaves it
+    (``models--org--name/snapshots/<commit>/<filename>``, ``refs/main``); parent folders are created."""
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    path = repo / "snapshots" / commit / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def gemma_scope_params(path: Path, d_in: int, d_sae: int, seed: int = 0) -> Path:
+    """Gemma Scope's ``params.npz`` (``w_enc (d_in, d_sae)``, ``w_dec (d_sae, d_in)``, ``b_enc``, ``b_dec``,
+    ``threshold``; float32), as sae-lens's ``gemma_2`` converter reads it."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w_dec = rng.standard_normal((d_sae, d_in), dtype=np.float32)
+    w_dec /= np.linalg.norm(w_dec, axis=1, keepdims=True)
+    np.savez(path, w_enc=np.ascontiguousarray(w_dec.T), w_dec=w_dec, b_enc=np.zeros(d_sae, np.float32),
+             b_dec=np.zeros(d_in, np.float32), threshold=np.full(d_sae, 0.5, np.float32))
+    return Path(path)
+
+
+def qwen_scope_checkpoint(path: Path, d_in: int, d_sae: int, seed: int = 0) -> Path:
+    """A Qwen-Scope ``layer{L}.sae.pt``: a dict with ``W_enc (d_sae, d_in)``, ``W_dec (d_in, d_sae)``, ``b_enc``,
+    ``b_dec`` (the transposed convention sae-lens's ``qwen_scope`` converter undoes)."""
+    g = torch.Generator().manual_seed(seed)
+    w_dec = torch.randn(d_sae, d_in, generator=g)
+    w_dec /= w_dec.norm(dim=1, keepdim=True)
+    torch.save({"W_enc": w_dec.clone(), "W_dec": w_dec.T.contiguous(), "b_enc": torch.zeros(d_sae),
+                "b_dec": torch.zeros(d_in)}, path)
+    return Path(path)

@@ -29,9 +29,10 @@ GB = 1e9
 HEADROOM = 0.10  # share of the card left free
 CONTEXT_BYTES = 1.0e9  # CUDA context, cuBLAS workspace and allocator fragmentation
 DENSE_MAX_ENTRIES = 2**28  # as dspa_lite.method.cdmap: wider maps stay factored
-# Colab's cards: memory as nvidia-smi reports it (MiB x 2**20) and compute capability (datasheet figures)
+# Colab's cards (and an H100): memory as nvidia-smi reports it (MiB x 2**20) and compute capability (datasheet figures)
 GPUS = {"T4 16 GB": (15360 * 2**20, (7, 5)), "L4 24 GB": (23034 * 2**20, (8, 9)),
-        "A100 40 GB": (40960 * 2**20, (8, 0)), "A100 80 GB": (81920 * 2**20, (8, 0))}
+        "A100 40 GB": (40960 * 2**20, (8, 0)), "A100 80 GB": (81920 * 2**20, (8, 0)),
+        "H100 80 GB": (81559 * 2**20, (9, 0))}
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
