@@ -62,8 +62,9 @@ def test_compare_reports_every_pair_and_every_response(run):
     res, n_seeds = run["methods"], len(run["seeds"])
     assert {k for k in res["dspa"] if k.startswith("vs_")} == {"vs_none", "vs_static", "vs_caa"}
     assert "vs_caa" not in res["caa"] and "vs_none" not in res["none"]
+    assert "pairwise_vs_none" not in res["none"] and 0 <= res["dspa"]["pairwise_vs_none"]["lc_win_rate"] <= 1
     for name, per in run["per_response"].items():
-        for metric in ("preferred_share", "first_segment", "later_segments"):
+        for metric in ("preferred_share", "first_segment", "later_segments", "words"):
             assert len(per[metric]) == n_seeds and all(len(row) == run["n_prompts"] for row in per[metric])
         share = torch.tensor(per["preferred_share"], dtype=torch.float64)
         assert math.isclose(float(share.mean()), res[name]["preferred_share"], abs_tol=1e-9)

@@ -52,3 +52,23 @@ def test_guard_refuses_a_probe_of_another_layer_and_cleans_up(world, cdmap, prob
     with pytest.raises(RuntimeError, match="boom"), StopGuard(dspa, probe).steer(world.prompts("test", 2)):
         raise RuntimeError("boom")
     assert not layer._forward_hooks
+
+
+def test_stop_probabilities_read_the_model_after_each_response_token(world, cdmap):
+    from dspa_lite.evaluation.evals import stop_probabilities
+    from dspa_lite.method.generation import Steerer, format_prompts
+
+    tok, triples = world.tokenizer, world.triples("test")[:3]
+    prompts, responses = [t.prompt for t in triples], [t.chosen for t in triples]
+    rows = stop_probabilities(world.model, tok, prompts, responses)
+    assert rows[0][0] == tok(responses[0], add_special_tokens=False).input_ids  # the response's own tokens
+    ids = tok(format_prompts(tok, prompts[:1])[0] + responses[0], add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        last = world.model(**ids).logits[0, -1].float().softmax(-1)[tok.eos_token_id]
+    assert torch.isclose(rows[0][1][-1], last, atol=1e-5)  # after a whole response the turn usually ends
+    assert float(rows[0][1][-1]) > 0.1 > float(rows[0][1][:3].max())
+    same = stop_probabilities(world.model, tok, prompts, responses, Steerer(world.model, tok).steer)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(rows, same))
+    dspa = DSPA(world.model, tok, world.sae_in, world.sae_out, cdmap, "augment", 64, 6.0)
+    edited = stop_probabilities(world.model, tok, prompts, responses, dspa.steer)
+    assert any(not torch.equal(a[1], b[1]) for a, b in zip(rows, edited))

@@ -10,12 +10,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from ..method.features import batches
 from ..method.generation import format_prompts
 from .protocols import length_controlled, length_diffs, win_rate
 
-__all__ = ["judge_responses", "mcq_scores", "mcq_accuracy", "pairwise_scores", "judge_alpaca_files", "text_metrics"]
+__all__ = ["judge_responses", "mcq_scores", "mcq_accuracy", "pairwise_scores", "judge_alpaca_files", "stop_probabilities",
+           "text_metrics"]
 
 
 def judge_responses(judge, prompts: Sequence[str], responses: Sequence[str]) -> dict:
@@ -133,6 +135,34 @@ def mcq_accuracy(model, tokenizer, items, steer: Callable | None = None) -> dict
         sub = [c for c, it in zip(correct, items) if getattr(it, "seen", None) is flag]
         if sub:
             out[f"accuracy_{name}"] = sum(sub) / len(sub)
+    return out
+
+
+@torch.no_grad()
+def stop_probabilities(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], steer: Callable | None = None,
+                       stop_id: int | None = None, batch_size: int = 32) -> list[tuple[list[int], Tensor]]:
+    """Teacher-forced, per response: its token ids and, after each of them, ``P(next token = stop_id)``.
+
+    ``stop_id`` defaults to the tokenizer's end of turn (``eos_token_id``). With ``steer`` (a method's
+    ``steer``) the edit covers the last prompt position and every response position, as it would while
+    generating that response (as in :func:`mcq_scores`), so the two runs differ only by the edit.
+    """
+    stop_id = tokenizer.eos_token_id if stop_id is None else stop_id
+    rows, starts = [], []
+    for p, r in zip(prompts, responses, strict=True):
+        prefix = format_prompts(tokenizer, [p])[0]
+        starts.append(len(tokenizer(prefix, add_special_tokens=False).input_ids))
+        rows.append(tokenizer(prefix + r, add_special_tokens=False).input_ids)
+    out = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for b, ids, mask in batches(rows, batch_size, pad, model.device):
+        chunk = list(prompts[b:b + batch_size])
+        ctx = (steer(chunk, ids, mask, start=[s - 1 for s in starts[b:b + batch_size]]) if steer
+               else contextlib.nullcontext())
+        with ctx:
+            p_stop = model(input_ids=ids, attention_mask=mask).logits.float().softmax(-1)[..., stop_id]  # (B, T)
+        for j, row in enumerate(rows[b:b + batch_size]):
+            out.append((row[starts[b + j]:], p_stop[j, starts[b + j]:len(row)].cpu()))
     return out
 
 
