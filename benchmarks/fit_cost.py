@@ -3,7 +3,8 @@
 ``fit_cdmap`` (``features.triple_features``) formats and tokenizes the prompts once and each side's responses in one
 batched call (prompt + chosen, prompt + rejected), runs each side in batches of ``CDMapConfig.batch_size`` through
 ``hooks.forward_until`` stopped after ``l_out`` (capturing ``l_in`` too on the chosen side), SAE-encodes the response
-tokens at ``l_out`` and the prompt's own tokens at ``l_in`` row by row, then estimates the map
+tokens at ``l_out`` and the prompt's own tokens at ``l_in`` in one gathered encode per batch and layer, pools them per
+row with one segment reduction (``features.encode_segments``), then estimates the map
 (``CDMap.from_features``). The baseline is those same forward passes alone: the same padded batches of the same token
 ids (tokenized beforehand, outside the timing), through the same ``forward_until`` to the same layers, nothing else.
 Per repeat both run once, the order alternating, after an untimed warm-up of each; medians; the ratio is the median
@@ -136,9 +137,10 @@ class Regions:
 STEPS = {"encode_texts": "tokenize prompts + chat template (features.encode_texts)",
          "with_responses": "tokenize responses (features.with_responses)",
          "forward_until": "forward passes to l_out (hooks.forward_until)",
-         "sae_encode": "SAE encodes, row by row (features.sae_encode)",
-         "pool": "pooling u(x) (features.pool)",
-         "_check_finite": "finiteness check of the residuals",
+         "sae_encode": "SAE encodes, one per batch and layer (features.sae_encode)",
+         "gather_positions": "gathering the rows to encode (features.gather_positions)",
+         "pool_segments": "pooling u(x), v(x, y) per row (features.pool_segments)",
+         "check_finite_residual": "finiteness check of the gathered residuals",
          "batches": "padding into batches (features.batches)"}
 
 
@@ -187,10 +189,8 @@ def breakdown(world, triples, config) -> dict:
         wall = timed(lambda: fit_cdmap(W.model, W.tokenizer, W.sae_in, W.sae_out, triples, config))
     steps = {k: {"s": v, "share": v / wall, "calls": regions.calls[k]}
              for k, v in sorted(regions.total.items(), key=lambda kv: -kv[1])}
-    steps["rest: per-row indexing, .mean(0), .float().cpu(), torch.stack, Python"] = {
-        "s": wall - sum(v["s"] for v in steps.values()), "calls": 0}
-    steps["rest: per-row indexing, .mean(0), .float().cpu(), torch.stack, Python"]["share"] = (
-        steps["rest: per-row indexing, .mean(0), .float().cpu(), torch.stack, Python"]["s"] / wall)
+    rest = wall - sum(v["s"] for v in steps.values())
+    steps["rest: checks of the triples, .float().cpu(), torch.cat, Python"] = {"s": rest, "calls": 0, "share": rest / wall}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         fit_cdmap(W.model, W.tokenizer, W.sae_in, W.sae_out, triples, config)
     total = sum(e.self_cpu_time_total for e in prof.key_averages())

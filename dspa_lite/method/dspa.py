@@ -105,6 +105,9 @@ class LatentEdit:
         self.sae, self.mode, self.alpha, self.gate, self.debug = sae, mode, alpha, gate, debug
         self.latent_mean, self.start, self.every_position = latent_mean, start, every_position
         self.path = edit_path(sae) if path == "auto" else path
+        if self.path == "sparse" and edit_path(sae) != "sparse":
+            raise ValueError(f"path='sparse' needs an SAE with an elementwise activation (ReLU, JumpReLU); this "
+                             f"{type(sae).__name__} needs the dense edit: use path='auto' or 'dense'")
         self.calls = 0
         self.trace: list[Tensor] = []  # per call: (B, t, d_sae) bool of edited latents, if record=True
         self.record = False

@@ -12,8 +12,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -30,8 +31,9 @@ from .generation import format_prompts
 from .hooks import forward_until
 from .saes import sae_encode
 
-__all__ = ["POOLINGS", "Encoded", "TripleFeatures", "batches", "encode_texts", "pool", "pool_rows", "prompt_features",
-           "residual_rows", "triple_features", "with_responses"]
+__all__ = ["POOLINGS", "Encoded", "TripleFeatures", "batches", "check_finite_residual", "encode_texts", "encode_segments",
+           "gather_positions", "pool", "pool_segments", "prompt_features", "residual_batches", "residual_rows",
+           "triple_features", "with_responses"]
 
 POOLINGS = ("binary", "mean", "max", "last")
 
@@ -112,24 +114,40 @@ def pool(z: Float[Tensor, "n_tokens d_sae"], pooling: str) -> Float[Tensor, " d_
     raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
 
 
-def pool_rows(z: Float[Tensor, "B C d_sae"], valid: Bool[Tensor, "B C"], pooling: str) -> Float[Tensor, "B d_sae"]:
-    """:func:`pool` of each row's valid tokens, for a padded batch (every row has at least one valid token).
+def gather_positions(h: Float[Tensor, "B T d_model"], positions: Sequence[Sequence[int]]
+                     ) -> tuple[Float[Tensor, "N d_model"], Int[Tensor, " N"]]:
+    """The residuals at ``positions[j]`` of each row ``j`` of ``h``, stacked, and the row each came from.
 
-    >>> z = torch.tensor([[[0.0, 2.0], [1.0, 0.0]], [[3.0, 0.0], [9.0, 9.0]]])
-    >>> valid = torch.tensor([[True, True], [True, False]])
-    >>> pool_rows(z, valid, "binary").tolist(), pool_rows(z, valid, "last").tolist()
-    ([[1.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [3.0, 0.0]])
+    >>> x, seg = gather_positions(torch.arange(12.0).reshape(2, 3, 2), [[0, 2], [1]])
+    >>> x.tolist(), seg.tolist()
+    ([[0.0, 1.0], [4.0, 5.0], [8.0, 9.0]], [0, 0, 1])
     """
-    v = valid[:, :, None]
+    T, counts = h.shape[1], np.fromiter(map(len, positions), np.int64, len(positions))
+    flat = np.concatenate([np.asarray(p, np.int64) + j * T for j, p in enumerate(positions)])
+    seg = np.repeat(np.arange(len(positions)), counts)
+    return h.reshape(-1, h.shape[-1])[torch.from_numpy(flat).to(h.device)], torch.from_numpy(seg).to(h.device)
+
+
+def pool_segments(z: Float[Tensor, "N d_sae"], seg: Int[Tensor, " N"], n: int, pooling: str,
+                  counts: Int[Tensor, " n"] | None = None) -> Float[Tensor, "n d_sae"]:
+    """:func:`pool` of each segment of rows of ``z`` (``seg``: the segment of each row, ascending; every one of the
+    ``n`` segments non-empty), in one call for a whole batch. ``counts``: rows per segment, if known (else counted:
+    on a GPU a host synchronisation).
+
+    >>> z, seg = torch.tensor([[0.0, 2.0], [1.0, 0.0], [3.0, 0.0]]), torch.tensor([0, 0, 1])
+    >>> pool_segments(z, seg, 2, "binary").tolist(), pool_segments(z, seg, 2, "mean").tolist()
+    ([[1.0, 1.0], [1.0, 0.0]], [[0.5, 1.0], [3.0, 0.0]])
+    """
+    zeros = torch.zeros(n, z.shape[-1], dtype=z.dtype, device=z.device)
     if pooling == "binary":
-        return ((z > 0) & v).any(1).to(z.dtype)
+        return zeros.index_add_(0, seg, (z > 0).to(z.dtype)).gt(0).to(z.dtype)
+    counts = torch.bincount(seg, minlength=n) if counts is None else counts
     if pooling == "mean":
-        return torch.where(v, z, torch.zeros((), dtype=z.dtype)).sum(1) / valid.sum(1, keepdim=True).to(z.dtype)
+        return zeros.index_add_(0, seg, z) / counts[:, None].to(z.dtype)
     if pooling == "max":
-        return torch.where(v, z, torch.full((), float("-inf"), dtype=z.dtype)).max(1).values
+        return zeros.index_reduce_(0, seg, z, "amax", include_self=False)
     if pooling == "last":
-        last = (valid.sum(1) - 1).clamp_min(0)
-        return z[torch.arange(z.shape[0], device=z.device), last]
+        return z[torch.cumsum(counts, 0) - 1]
     raise ValueError(f"pooling={pooling!r}: choose one of {', '.join(POOLINGS)}")
 
 
@@ -137,34 +155,47 @@ def batches(rows: Sequence[Sequence[int]], batch_size: int, pad_id: int, device)
     """``(start, ids, mask)`` for each right-padded batch of token-id ``rows``."""
     for b in range(0, len(rows), batch_size):
         chunk = rows[b:b + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in chunk], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk], device=device)
-        yield b, ids, mask
+        lengths = np.fromiter(map(len, chunk), np.int64, len(chunk))
+        ids = np.full((len(chunk), int(lengths.max())), pad_id, np.int64)
+        for j, r in enumerate(chunk):
+            ids[j, :len(r)] = r
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        yield b, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
 
 @torch.no_grad()
-def residual_rows(model, tokenizer, enc: Encoded, layers: Sequence[int], batch_size: int = 16,
-                  progress=None) -> Iterator[tuple[int, dict[int, Tensor]]]:
-    """The residual stream of every row of ``enc`` at ``layers``: ``(row, {layer: (n_tokens, d_model)})`` in order.
-
-    One batched forward pass per ``batch_size`` rows, stopped after the last of ``layers``; row ``i``'s
-    tensors are indexed by the positions in ``enc`` (``enc.content[i]``, ``enc.response[i]``...). The
-    one loop behind prompt and response features, the CAA vector, and the toy world's reports and audits.
-    """
+def residual_batches(model, tokenizer, enc: Encoded, layers: Sequence[int], batch_size: int = 16, progress=None,
+                     check: bool = True) -> Iterator[tuple[int, Tensor, dict[int, Tensor]]]:
+    """``(first row, ids, {layer: (B, T, d_model)})`` for each right-padded batch of ``batch_size`` rows of ``enc``:
+    one forward pass each, stopped after the last of ``layers``. ``check``: raise :class:`NonFiniteError` on NaN/inf
+    residuals (``False``: the caller checks the positions it uses, :func:`check_finite_residual`)."""
     pad = tokenizer.pad_token_id or 0
     for b, ids, mask in batches(enc.ids, batch_size, pad, model.device):
         acts = forward_until(model, list(layers), ids, mask)
-        for layer, h in acts.items():
-            _check_finite(h, layer, model)
-        for j in range(ids.shape[0]):
-            yield b + j, {layer: h[j, :len(enc.ids[b + j])] for layer, h in acts.items()}
+        if check:
+            for layer, h in acts.items():
+                check_finite_residual(h, layer, model)
+        yield b, ids, acts
         if progress is not None:
             progress.update(ids.shape[0])
 
 
-def _check_finite(h: Tensor, layer: int, model) -> None:
-    if torch.isfinite(h).all():
+def residual_rows(model, tokenizer, enc: Encoded, layers: Sequence[int], batch_size: int = 16,
+                  progress=None) -> Iterator[tuple[int, dict[int, Tensor]]]:
+    """The residual stream of every row of ``enc`` at ``layers``: ``(row, {layer: (n_tokens, d_model)})`` in order.
+
+    One batched forward pass per ``batch_size`` rows (:func:`residual_batches`); row ``i``'s tensors are indexed by
+    the positions in ``enc`` (``enc.content[i]``, ``enc.response[i]``...). The loop behind the CAA vector and the
+    toy world's reports and audits; the features use the batches whole.
+    """
+    for b, ids, acts in residual_batches(model, tokenizer, enc, layers, batch_size, progress):
+        for j in range(ids.shape[0]):
+            yield b + j, {layer: h[j, :len(enc.ids[b + j])] for layer, h in acts.items()}
+
+
+def check_finite_residual(h: Tensor, layer: int, model) -> None:
+    """Raise :class:`NonFiniteError` if ``h`` (residuals at ``layer``) holds NaN/inf, naming the likely cause."""
+    if torch.isfinite(h.sum()) or torch.isfinite(h).all():  # a finite sum: no NaN/inf (one pass, no bool copy)
         return
     bad = int((~torch.isfinite(h)).sum())
     if weights := nonfinite_weights(model):  # only on failure: name the cause instead of guessing it
@@ -195,9 +226,18 @@ def prompt_features(model, tokenizer, sae_in, l_in: int, prompts: Sequence[str],
     """``u(x)`` for each prompt: SAE features at ``l_in`` pooled over the prompt's own tokens."""
     enc = encode_texts(tokenizer, prompts)
     positions = enc.content if exclude_template else enc.prompt_all
-    out = [pool(sae_encode(sae_in, acts[l_in][positions[i]]), pooling).float().cpu()
-           for i, acts in residual_rows(model, tokenizer, enc, [l_in], batch_size)]
-    return torch.stack(out)
+    out = [encode_segments(model, sae_in, acts[l_in], l_in, positions[b:b + len(ids)], pooling)
+           for b, ids, acts in residual_batches(model, tokenizer, enc, [l_in], batch_size, check=False)]
+    return torch.cat(out)
+
+
+def encode_segments(model, sae, h: Float[Tensor, "B T d_model"], layer: int, positions: Sequence[Sequence[int]],
+                    pooling: str) -> Float[Tensor, "B d_sae"]:
+    """SAE features of ``h`` (a batch's residuals at ``layer``) at each row's ``positions``, pooled per row (fp32,
+    on the CPU): one gather, one encode and one segment reduction per batch. NaN/inf residuals there raise."""
+    x, seg = gather_positions(h, positions)
+    check_finite_residual(x, layer, model)
+    return pool_segments(sae_encode(sae, x), seg, len(positions), pooling).float().cpu()
 
 
 @torch.no_grad()
@@ -219,12 +259,13 @@ def triple_features(model, tokenizer, sae_in, sae_out, l_in: int, l_out: int, tr
         positions = enc.content if exclude_template else enc.prompt_all
         layers = [l_in, l_out] if side == "chosen" else [l_out]
         V[side] = []
-        for i, acts in residual_rows(model, tokenizer, enc, layers, batch_size, bar):
-            V[side].append(sae_encode(sae_out, acts[l_out][enc.response[i]]).mean(0).float().cpu())
+        for b, ids, acts in residual_batches(model, tokenizer, enc, layers, batch_size, bar, check=False):
+            rows = slice(b, b + len(ids))
+            V[side].append(encode_segments(model, sae_out, acts[l_out], l_out, enc.response[rows], "mean"))
             if side == "chosen":
-                U.append(pool(sae_encode(sae_in, acts[l_in][positions[i]]), pooling).float().cpu())
+                U.append(encode_segments(model, sae_in, acts[l_in], l_in, positions[rows], pooling))
     bar.close()
-    return TripleFeatures(torch.stack(U), torch.stack(V["chosen"]), torch.stack(V["rejected"]))
+    return TripleFeatures(torch.cat(U), torch.cat(V["chosen"]), torch.cat(V["rejected"]))
 
 
 def _check_triple_tokens(model, tokenizer, triples, encs: dict[str, Encoded] | None = None) -> None:

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from torch.profiler import record_function
 
 from .checks import NonFiniteError
 from .estimators import select_latents
-from .features import encode_texts, pool_rows
+from .features import encode_texts, pool_segments
 from .saes import sae_encode
 
 __all__ = ["PrefillSets", "PromptRows", "prompt_rows"]
@@ -28,10 +28,12 @@ __all__ = ["PrefillSets", "PromptRows", "prompt_rows"]
 
 @dataclass
 class PromptRows:
-    """Per row of a left-padded batch, the positions ``u(x)`` pools (padded by repeating the last; ``valid``)."""
+    """The positions ``u(x)`` pools in a left-padded batch, flattened (``b * T + t``), each one's row, and the count
+    per row, on the batch's device (:func:`features.gather_positions`, :func:`features.pool_segments`)."""
 
-    idx: Int[Tensor, "B C"]
-    valid: Bool[Tensor, "B C"]
+    flat: Int[Tensor, " N"]
+    seg: Int[Tensor, " N"]
+    counts: Int[Tensor, " B"]
 
 
 def prompt_rows(tokenizer, prompts: Sequence[str], input_ids: Int[Tensor, "B T"], attention_mask: Tensor | None,
@@ -45,16 +47,15 @@ def prompt_rows(tokenizer, prompts: Sequence[str], input_ids: Int[Tensor, "B T"]
     mask = attention_mask.tolist() if attention_mask is not None else [[1] * len(r) for r in ids]
     if len(ids) != len(enc.ids):
         return None
-    rows = []
+    flat, seg, counts = [], [], []
     for i, (row, m, own) in enumerate(zip(ids, mask, enc.ids)):
         off = len(row) - len(own)
         if off < 0 or row[off:] != own or any(m[:off]) or not all(m[off:]) or not positions[i]:
             return None
-        rows.append([off + t for t in positions[i]])
-    width = max(map(len, rows))
-    idx = torch.tensor([r + [r[-1]] * (width - len(r)) for r in rows], device=input_ids.device)
-    valid = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows], device=input_ids.device)
-    return PromptRows(idx, valid)
+        flat += [i * len(row) + off + t for t in positions[i]]
+        seg += [i] * len(positions[i])
+        counts.append(len(positions[i]))
+    return PromptRows(*(torch.tensor(x, device=input_ids.device) for x in (flat, seg, counts)))
 
 
 class PrefillSets:
@@ -71,11 +72,11 @@ class PrefillSets:
         if self.u is not None:
             return
         with record_function("dspa.prefill_u"):
-            idx = self.rows.idx.to(h.device)
-            x = h.gather(1, idx[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, C, d_model)
+            r = self.rows
+            x = h.reshape(-1, h.shape[-1])[r.flat]  # (N, d_model): the prompts' own tokens
             self._nonfinite = ~torch.isfinite(x).all()
             z = sae_encode(self.sae_in, x)
-            self.u = pool_rows(z, self.rows.valid.to(h.device), self.cdmap.config.pooling).float()
+            self.u = pool_segments(z, r.seg, len(r.counts), self.cdmap.config.pooling, r.counts).float()
         with record_function("dspa.map_lookup"):
             self.s = self.cdmap.scores(self.u)
             k_neg, k_pos = select_latents(self.s, self.k, check=False)

@@ -15,35 +15,19 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
-from torch import Tensor, nn
+from torch import Tensor
+
+from .saes import elementwise
 
 __all__ = ["EDIT_PATHS", "Gathered", "edit_path", "gather", "mask_indices", "sparse_diff"]
 
 EDIT_PATHS = ("sparse", "dense")
 
 
-def _architecture(sae) -> str | None:
-    arch = getattr(sae.cfg, "architecture", None)
-    return arch() if callable(arch) else arch
-
-
 def edit_path(sae) -> str:
-    """``"sparse"`` for a sae-lens ``StandardSAE`` (ReLU) or ``JumpReLUSAE`` used as shipped (its own ``encode``, a
-    ReLU activation, no run-time input normalisation, no ``hook_z`` reshaping, no hooks on its hook points);
-    ``"dense"`` for anything else (TopK, BatchTopK, gated, transcoders, ...)."""
-    try:
-        from sae_lens import JumpReLUSAE, StandardSAE
-    except ImportError:  # pragma: no cover - sae-lens is a dependency
-        return "dense"
-    arch = _architecture(sae)
-    encoders = {"standard": StandardSAE.encode, "jumprelu": JumpReLUSAE.encode}
-    if arch not in encoders or getattr(type(sae), "encode", None) is not encoders[arch]:
-        return "dense"
-    cfg, hook = sae.cfg, str(getattr(getattr(sae.cfg, "metadata", None), "hook_name", "") or "")
-    plain = (getattr(cfg, "normalize_activations", "none") in ("none", None) and getattr(sae, "d_head", None) is None
-             and not hook.endswith("hook_z") and isinstance(getattr(sae, "activation_fn", None), nn.ReLU))
-    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in sae.modules() if m is not sae)
-    return "sparse" if plain and not hooked else "dense"
+    """``"sparse"`` for an SAE whose activation is elementwise (:func:`saes.elementwise`: sae-lens ``StandardSAE`` or
+    ``JumpReLUSAE`` used as shipped); ``"dense"`` for anything else (TopK, BatchTopK, gated, transcoders, ...)."""
+    return "sparse" if elementwise(sae) else "dense"
 
 
 def mask_indices(mask: Bool[Tensor, "B d_sae"]) -> Int[Tensor, "B k"]:
@@ -80,7 +64,7 @@ def gather(sae, neg: Int[Tensor, "B kn"], pos: Int[Tensor, "B kp"], alpha: float
     idx = torch.cat([neg.to(dev), pos.to(dev)], 1)
     valid, safe = idx >= 0, idx.clamp_min(0)
     is_pos = (torch.arange(idx.shape[1], device=dev) >= neg.shape[1])[None]
-    threshold = sae.threshold[safe] if _architecture(sae) == "jumprelu" else torch.zeros_like(sae.b_enc[safe])
+    threshold = sae.threshold[safe] if elementwise(sae) == "jumprelu" else torch.zeros_like(sae.b_enc[safe])
     inject = None
     if latent_mean is not None:
         inject = torch.where(is_pos & valid, alpha * latent_mean.to(sae.W_dec)[safe], torch.zeros((), device=dev))
