@@ -33,7 +33,7 @@ import torch
 
 from ..method.generation import chat_kwargs, render_chat
 
-__all__ = ["POSITIONS", "STANDARD_TASKS", "run_lm_eval", "task_scores"]
+__all__ = ["POSITIONS", "STANDARD_TASKS", "document_scores", "run_lm_eval", "task_scores"]
 
 STANDARD_TASKS = {
     # lm-eval task name: (metric usually reported, few-shot count of the Open LLM Leaderboard v1)
@@ -214,3 +214,18 @@ def task_scores(results: dict, metrics: Sequence[str] = ("acc", "acc_norm")) -> 
         if found:
             out[task] = found
     return out
+
+
+def document_scores(results: dict, metric: str = "acc") -> list[float]:
+    """Per-document ``metric`` (1.0 right, 0.0 wrong) of a run with ``log_samples=True``, in (task, doc_id)
+    order: what a paired interval over documents needs, since two runs on the same documents line up.
+
+    >>> document_scores({"samples": {"b": [{"doc_id": 1, "acc": 0.0}, {"doc_id": 0, "acc": 1.0}]}})
+    [1.0, 0.0]
+    """
+    samples = results.get("samples")
+    if not samples:
+        raise ValueError("no per-document samples: run run_lm_eval(..., log_samples=True)")
+    return [float(row[metric]) for task in sorted(samples)
+            for row in sorted(samples[task], key=lambda row: row["doc_id"])]
+
