@@ -58,18 +58,40 @@ def test_random_model_matches_a_normally_built_one(bench):
 def test_toy_measurement_tiny(bench, world, cdmap):
     """Batch 2, 4 new tokens, 1 repeat: every method timed, DSPA's profiler labels found, the length fixed."""
     old = world.model.generation_config.min_new_tokens
-    data = json.loads(json.dumps(bench.run_toy(world, cdmap, dict(batch=2, new_tokens=4, repeats=1), triples=64), default=float))
+    data = json.loads(json.dumps(bench.run_toy(world, cdmap, dict(batch=2, new_tokens=(4,), repeats=1), triples=64),
+                                 default=float))
     res = data["results"]
-    assert list(res) == ["none", "dspa", "static", "caa"]
+    assert list(res) == ["none", "dspa", "dspa_dense", "static", "caa"]
     for r in res.values():
-        assert r["ms_per_token"] > 0 and r["first_token_ms"] > 0 and r["ratio_e2e"] > 0 and r["ratio_step"] > 0
-    assert res["none"]["ratio_e2e"] == res["none"]["ratio_step"] == 1.0 and "parts" not in res["none"]
-    assert set(res["dspa"]["parts"]) == set(bench.LABELS)
+        assert r["ms_per_token"] > 0 and r["first_token_ms"] > 0 and r["ratio_e2e"]["4"] > 0 and r["ratio_step"] > 0
+    assert res["none"]["ratio_e2e"]["4"] == res["none"]["ratio_step"] == 1.0 and "parts" not in res["none"]
+    prefill = {"dspa.prefill_u", "dspa.map_lookup"}
+    assert set(res["dspa"]["parts"]) == set(bench.LABELS) - {"dspa.prompt_features"}  # u(x) from the prefill
+    assert set(res["dspa_dense"]["parts"]) == set(bench.LABELS) - {"dspa.prefill_u"}  # the separate prompt pass
     assert all(p["median_ms"] > 0 and p["total_ms"] >= p["median_ms"] for p in res["dspa"]["parts"].values())
-    for name in ("dspa", "static", "caa"):  # one edit per forward call: the prefill and 3 decoding steps
+    for name in ("dspa", "dspa_dense", "static", "caa"):  # one edit per forward call: the prefill and 3 decoding steps
         assert res[name]["parts"]["hooks.edit"]["calls"] == 4 and 0 <= res[name]["analytic_share"] < 1
-    assert res["dspa"]["parts"]["dspa.prompt_features"]["calls"] == 1
+    assert res["dspa"]["parts"]["dspa.prefill_u"]["calls"] == 1 and prefill <= set(res["dspa"]["parts"])
+    assert res["dspa"]["analytic_share"] < res["dspa_dense"]["analytic_share"]  # 2k latents instead of d_sae
     assert "dspa.prompt_features" not in res["static"]["parts"]
     assert world.model.generation_config.min_new_tokens == old  # restored
     table = "\n".join(bench.table(data))
     assert all(f"| {name} |" in table for name in res) and "toy" in data["compare"]
+    summary = bench.summary({"toy": data})
+    assert set(summary["hook_share"]["toy"]) == set(res) and summary["hook_share"]["toy"]["none"] == 0.0
+    assert set(summary["end_to_end_ratio"]["toy"]["dspa"]) == {"4", "256"}
+    assert summary["end_to_end_ratio_source"]["toy"]["256"].startswith("modelled")
+
+
+def test_gemma_world_tiny(bench, world):
+    """The Gemma-shape builder at a tiny shape: SAEs of the requested width at the right layers, a usable map."""
+    from dspa_lite import DSPA
+
+    overrides = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32, vocab_size=world.tokenizer.vocab_size)
+    prompts = world.prompts("test", 2)
+    model, sae_in, sae_out, cdmap, vector = bench.gemma_world(world.tokenizer, prompts, overrides, d_sae=256,
+                                                              layers=(1, 2))
+    assert sae_out.cfg.d_sae == 256 and sae_in.cfg.d_in == 64 and vector.shape == (64,)
+    steerer = DSPA(model, world.tokenizer, sae_in, sae_out, cdmap, k=8)
+    assert len(steerer.generate(prompts, max_new_tokens=3)) == 2 and steerer.last_edit.path == "sparse"

@@ -178,16 +178,18 @@ def rahf_scit(shape: ModelShape, n_pairs: int, seq_len: int, stage1_epochs: int 
 
 
 def decode_overhead(shape: ModelShape, d_sae: int, method: str, context_len: int = 512, prompt_len: int = 256,
-                    d_sae_in: int | None = None, l_in: int | None = None) -> dict:
+                    d_sae_in: int | None = None, l_in: int | None = None, latents: int | None = None) -> dict:
     """A steering method's extra FLOPs per generated token, and their ratio to the model's own step.
 
     ``dspa``, ``static``: an ``sae_out`` encode and ``(z' - z) @ W_dec`` per edited token, ``4*d*d_sae``; ``caa``: a
     vector add, ``d_model`` FLOPs. The model's step is a cached forward against ``context_len`` keys. ``per_prompt``:
-    the edit over every prefill position; DSPA adds a forward to ``l_in`` (default depth/4), ``sae_in``, ``A^T u``."""
+    the edit over every prefill position; DSPA adds a forward to ``l_in`` (default depth/4), ``sae_in``, ``A^T u``.
+    ``latents``: the sparse edit (ReLU/JumpReLU SAEs) encodes and decodes only the selected latents, ``4*d*latents``."""
     if method not in ("dspa", "static", "caa"):
         raise ValueError(f"method={method!r}: choose one of dspa, static, caa")
     d, step = shape.d_model, forward_flops(shape, 1, context_len)
-    edit = d if method == "caa" else sae_encode_flops(d, d_sae, 1) + sae_decode_flops(d_sae, d, 1)
+    width = d_sae if latents is None else latents
+    edit = d if method == "caa" else sae_encode_flops(d, width, 1) + sae_decode_flops(width, d, 1)
     per_prompt = 0 if method == "caa" else prompt_len * edit
     if method == "dspa":
         m_in, l_in = d_sae_in or d_sae, shape.n_layers // 4 if l_in is None else l_in
