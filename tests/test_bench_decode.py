@@ -95,3 +95,16 @@ def test_gemma_world_tiny(bench, world):
     assert sae_out.cfg.d_sae == 256 and sae_in.cfg.d_in == 64 and vector.shape == (64,)
     steerer = DSPA(model, world.tokenizer, sae_in, sae_out, cdmap, k=8)
     assert len(steerer.generate(prompts, max_new_tokens=3)) == 2 and steerer.last_edit.path == "sparse"
+
+
+def test_gpu_check_runs_on_cpu_at_a_tiny_shape(tmp_path):
+    """benchmarks/gpu_check.py, the script prepared for a GPU, end to end at a tiny shape on the CPU."""
+    gpu = load_script("gpu_check")
+    data = gpu.main(["--tiny", "--device", "cpu", "--batch", "2", "--new-tokens", "4", "--repeats", "1",
+                     "--out", str(tmp_path / "g.json")])
+    assert json.loads((tmp_path / "g.json").read_text())["methods"].keys() == data["methods"].keys()
+    assert list(data["methods"]) == ["none", "caa", "static", "dspa", "dspa_dense"]
+    for name, r in data["methods"].items():
+        assert r["step_ms_median"] > 0 and r["edit_calls"] == (0 if name == "none" else 4)
+        assert r["hook_syncs"] is None and r["peak_mem_gib"] is None  # CUDA-only figures
+    assert "| dspa |" in gpu.markdown(data)
