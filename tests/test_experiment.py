@@ -139,3 +139,13 @@ def test_style_colors_cover_every_style():
     from dspa_lite.toyworld import language
     assert set(language.STYLE_COLORS) == set(language.STYLES) | {"other"}
     assert len(set(language.STYLE_COLORS.values())) == len(language.STYLE_COLORS)
+
+
+def test_build_methods_fits_a_map_only_for_methods_that_use_one(world, monkeypatch):
+    from dspa_lite.evaluation import experiment
+
+    def no_fit(*a, **k):
+        raise AssertionError("fitted a map that no named method uses")
+
+    monkeypatch.setattr(experiment, "fit_maps", no_fit)
+    assert set(experiment.build_methods(world, ["none"])) == {"none"}

@@ -28,7 +28,7 @@ from ..method.stopguard import StopGuard, fit_stop_probe
 from .evals import judge_responses, mcq_accuracy, pairwise_scores
 from .protocols import mean_se
 
-__all__ = ["build_methods", "compare", "fit_maps", "paired_bootstrap", "recorded_run", "DEFAULTS"]
+__all__ = ["build_methods", "compare", "fit_maps", "paired_bootstrap", "recorded_run", "DEFAULTS", "METHOD_NAMES"]
 
 # The measured defaults on the toy world (benchmarks/RESULTS.md): gated augment, k=64, alpha=6.
 DEFAULTS = {"mode": "augment", "k": 64, "alpha": 6.0, "caa_multiplier": 2.0}
@@ -42,32 +42,42 @@ def fit_maps(world, n: int | None = None, config: CDMapConfig | None = None) -> 
     return fit_cdmap(world.model, world.tokenizer, world.sae_in, world.sae_out, triples, config or CDMapConfig.default())
 
 
+METHOD_NAMES = ("none", "static", "caa", "dspa", "dspa-ungated", "dspa-guarded", "dspa-plain", "static-plain")
+
+
 def build_methods(world, names, cdmap: CDMap | None = None, plain: CDMap | None = None, **kw) -> dict[str, object]:
-    """Named methods: ``none``, ``static``, ``caa``, ``dspa``, ``dspa-plain``, ``static-plain``, ``dspa-ungated``,
-    ``dspa-guarded`` (DSPA under a :class:`~dspa_lite.method.stopguard.StopGuard` at ``stop_threshold``, 0.5 unless
-    given, its probe fitted on the training triples)."""
+    """Named methods (:data:`METHOD_NAMES`): ``none``, ``static``, ``caa``, ``dspa``, ``dspa-plain``,
+    ``static-plain``, ``dspa-ungated``, ``dspa-guarded`` (DSPA under a :class:`~dspa_lite.method.stopguard.StopGuard`
+    at ``stop_threshold``, 0.5 unless given, its probe fitted on the training triples). A map is fitted only when
+    a named method needs it and none was given."""
     p = {**DEFAULTS, "stop_threshold": 0.5, **kw}
-    cdmap = cdmap if cdmap is not None else fit_maps(world)
+    maps = {"default": cdmap, "plain": plain}
+
+    def the_map(kind: str) -> CDMap:
+        if maps[kind] is None:
+            maps[kind] = fit_maps(world, config=CDMapConfig.plain() if kind == "plain" else None)
+        return maps[kind]
+
+    def dspa(kind: str = "default", **extra) -> DSPA:
+        return DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, the_map(kind), p["mode"], p["k"],
+                    p["alpha"], **extra)
+
     makers: dict[str, Callable[[], object]] = {
         "none": lambda: Unsteered(world.model, world.tokenizer),
-        "static": lambda: StaticSAE(world.model, world.tokenizer, world.sae_out, cdmap, p["mode"], p["k"], p["alpha"]),
+        "static": lambda: StaticSAE(world.model, world.tokenizer, world.sae_out, the_map("default"), p["mode"],
+                                    p["k"], p["alpha"]),
         "caa": lambda: CAA(world.model, world.tokenizer,
                            mean_difference(world.model, world.tokenizer, world.triples("train"), world.l_out),
                            world.l_out, p["caa_multiplier"]),
-        "dspa": lambda: DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, p["mode"], p["k"],
-                             p["alpha"]),
-        "dspa-ungated": lambda: DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, p["mode"],
-                                     p["k"], p["alpha"], gate="none"),
-        "dspa-guarded": lambda: StopGuard(makers["dspa"](), fit_stop_probe(world.model, world.tokenizer,
-                                                                           world.triples("train"), world.l_out),
+        "dspa": dspa,
+        "dspa-ungated": lambda: dspa(gate="none"),
+        "dspa-guarded": lambda: StopGuard(dspa(), fit_stop_probe(world.model, world.tokenizer,
+                                                                 world.triples("train"), world.l_out),
                                           p["stop_threshold"]),
+        "dspa-plain": lambda: dspa("plain"),
+        "static-plain": lambda: StaticSAE(world.model, world.tokenizer, world.sae_out, the_map("plain"), p["mode"],
+                                          p["k"], p["alpha"]),
     }
-    if plain is not None or any(n.endswith("-plain") for n in names):
-        plain = plain if plain is not None else fit_maps(world, config=CDMapConfig.plain())
-        makers["dspa-plain"] = lambda: DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, plain,
-                                            p["mode"], p["k"], p["alpha"])
-        makers["static-plain"] = lambda: StaticSAE(world.model, world.tokenizer, world.sae_out, plain, p["mode"],
-                                                   p["k"], p["alpha"])
     unknown = [n for n in names if n not in makers]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(makers)}")
