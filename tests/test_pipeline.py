@@ -163,3 +163,29 @@ def test_run_writes_every_stage_then_resumes_skipping_all(inputs, tmp_path, caps
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("dspa-lite pipeline: error:") and "k: 4 there, 8 now" in last and "new --out" in last
     assert json.loads((out / "settings.json").read_text()) == settings
+
+
+def test_batch_sizes_come_from_the_memory_model(monkeypatch):
+    """Without --batch-size the stages take the memory model's batches for this GPU (generation and fitting
+    capped at 16, so every card that fits them samples alike); a card that cannot hold the run stops it."""
+    from argparse import Namespace
+
+    from dspa_lite.loading import colab, memory
+
+    def run_on(card: str, batch_size=None):
+        total, capability = memory.GPUS[card]
+        fake = lambda profile, work=None: {"gpu": card, "total_gb": total / 1e9,  # noqa: E731
+                                           **memory.plan(profile, total, capability, work or memory.Workload())}
+        monkeypatch.setattr(colab, "gpu_plan", fake)
+        return pipeline._Run(pipeline.Settings(), get_profile("gemma-2-2b-it"), {}, Namespace(batch_size=batch_size))
+
+    t4 = run_on("T4 16 GB")
+    assert t4.batches == {"generation": 4, "fitting": 8, "lm-eval": 1} and t4.batch_of("alpaca:dspa") == 4
+    assert t4.batch_of("triples") is None and t4.batch_of("lm_eval:none") == 1
+    assert run_on("A100 80 GB").batches == {"generation": 16, "fitting": 16, "lm-eval": 64}
+    assert run_on("T4 16 GB", batch_size=2).batches == dict.fromkeys(("generation", "fitting", "lm-eval"), 2)
+    big = pipeline._Run(pipeline.Settings(profile="qwen3-8b"), get_profile("qwen3-8b"), {}, Namespace(batch_size=None))
+    monkeypatch.setattr(colab, "gpu_plan", lambda profile, work=None: {
+        "gpu": "NVIDIA L4", "total_gb": 24.2, **memory.plan(profile, *memory.GPUS["L4 24 GB"], work)})
+    with pytest.raises(pipeline.PipelineError, match=r"qwen3-8b does not fit NVIDIA L4 \(24 GB\) in bfloat16"):
+        big.batch_of("fit")
