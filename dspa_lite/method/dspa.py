@@ -115,7 +115,7 @@ class LatentEdit:
         self._sets: Any = None  # sparse.Gathered, or the (neg, pos) masks on the SAE's device
         self._nonfinite: Tensor | None = None
         if neg is not None or pos is not None:
-            none = torch.zeros(1, sae.cfg.d_sae, dtype=torch.bool)
+            none = torch.zeros(1, sae.W_dec.shape[0], dtype=torch.bool)
             neg, pos = torch.broadcast_tensors(none if neg is None else neg, none if pos is None else pos)
             self.set_latents(mask_indices(neg & ~pos), mask_indices(pos))  # K_pos wins where both hold a latent
 
@@ -131,7 +131,7 @@ class LatentEdit:
         if self.path == "sparse":
             self._sets = gather(self.sae, neg, pos, self.alpha, self.latent_mean if self.gate == "none" else None)
         else:
-            d_sae, dev = self.sae.cfg.d_sae, self.sae.W_dec.device
+            d_sae, dev = self.sae.W_dec.shape[0], self.sae.W_dec.device
             self._sets = (masks_from(neg, d_sae).to(dev), masks_from(pos, d_sae).to(dev))
 
     @record_function("dspa.LatentEdit")
@@ -182,7 +182,7 @@ class LatentEdit:
         """``(B, T, d_sae)`` bool of the latents this call changed (for ``record``; a host copy)."""
         if self.path == "dense":
             return (diff != 0).cpu()
-        d_sae, (B, T, J) = self.sae.cfg.d_sae, diff.shape
+        d_sae, (B, T, J) = self.sae.W_dec.shape[0], diff.shape
         idx = self._sets.idx.masked_fill(~self._sets.valid, d_sae).expand(B, J)  # padding to a spare column
         out = torch.zeros(B, T, d_sae + 1, dtype=torch.bool, device=diff.device)
         return out.scatter_(2, idx[:, None, :].expand(B, T, J), diff != 0)[..., :d_sae].cpu()

@@ -62,11 +62,6 @@ def check_sae(sae, layer: int, name: str, *, model=None, hidden_size: int | None
                          f"{layer}: are sae_in and sae_out (or l_in and l_out) swapped?")
 
 
-def _architecture(sae) -> str | None:
-    arch = getattr(sae.cfg, "architecture", None)
-    return arch() if callable(arch) else arch
-
-
 def elementwise(sae) -> str | None:
     """``"standard"`` (ReLU) or ``"jumprelu"`` for a sae-lens ``StandardSAE``/``JumpReLUSAE`` used as shipped (its own
     ``encode``, a ReLU activation, no run-time input normalisation, no ``hook_z`` reshaping, no hooks on its hook
@@ -76,8 +71,11 @@ def elementwise(sae) -> str | None:
         from sae_lens import JumpReLUSAE, StandardSAE
     except ImportError:  # pragma: no cover - sae-lens is a dependency
         return None
-    arch, encoders = _architecture(sae), {"standard": StandardSAE.encode, "jumprelu": JumpReLUSAE.encode}
-    if arch not in encoders or getattr(type(sae), "encode", None) is not encoders[arch]:
+    if not isinstance(sae, StandardSAE | JumpReLUSAE):  # any other object with encode/W_dec: the dense edit
+        return None
+    arch = sae.cfg.architecture()
+    encoders = {"standard": StandardSAE.encode, "jumprelu": JumpReLUSAE.encode}
+    if arch not in encoders or type(sae).encode is not encoders[arch]:
         return None
     cfg, hook = sae.cfg, str(getattr(getattr(sae.cfg, "metadata", None), "hook_name", "") or "")
     plain = (getattr(cfg, "normalize_activations", "none") in ("none", None) and getattr(sae, "d_head", None) is None
