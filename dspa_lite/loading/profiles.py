@@ -183,8 +183,10 @@ def registry_ids(release: str | None) -> list[str]:
 
 
 _EST_NOTE = ("rough planning figure, not a measurement: load, fit on 250 triples, generate 80 answers of up to 512 "
-             "tokens for none/static/DSPA, multiple-choice with and without DSPA; a T4 takes about 3x longer "
-             "(`dspa-lite pipeline --dry-run` prints the full benchmark's plan; a run logs each stage's time)")
+             "tokens for none/static/DSPA, multiple-choice with and without DSPA; a T4 (float32, no bf16 tensor cores) is "
+             "several times slower, as chapter 07's modelled table shows "
+             "(`dspa-lite pipeline --dry-run` prints the full benchmark's plan; a run records each stage's wall time "
+             "in timings.json)")
 _GEMMA_CHAT = ("Gemma's chat template writes <bos> itself, names the assistant 'model', trims each message and "
                "raises on a 'system' role: put instructions in the user turn")
 
