@@ -72,3 +72,17 @@ def test_stop_probabilities_read_the_model_after_each_response_token(world, cdma
     dspa = DSPA(world.model, tok, world.sae_in, world.sae_out, cdmap, "augment", 64, 6.0)
     edited = stop_probabilities(world.model, tok, prompts, responses, dspa.steer)
     assert any(not torch.equal(a[1], b[1]) for a, b in zip(rows, edited))
+
+
+def test_probe_stops_on_the_models_stop_tokens_and_refuses_a_token_never_seen(world):
+    tok, triples = world.tokenizer, world.triples("train")[:8]
+    with pytest.raises(ValueError, match="stop_ids"):
+        fit_stop_probe(world.model, tok, triples, world.l_out, stop_ids=[tok.pad_token_id])
+    gen = world.model.generation_config
+    saved = gen.eos_token_id
+    try:  # a Gemma-style setup: eos is one token, generation also stops on another (here: the real end of turn)
+        gen.eos_token_id = [tok.eos_token_id, tok.pad_token_id]
+        probe = fit_stop_probe(world.model, tok, triples, world.l_out)
+    finally:
+        gen.eos_token_id = saved
+    assert probe.layer == world.l_out and torch.isfinite(probe.w).all()

@@ -67,9 +67,13 @@ def _residuals(model, tokenizer, texts: Sequence[str], layer: int, stop_ids: set
 def fit_stop_probe(model, tokenizer, triples, layer: int, stop_ids: Sequence[int] | None = None,
                    l2: float = 1e-4, batch_size: int = 16) -> StopProbe:
     """A logistic-regression probe, at ``layer``, of whether the next token is one of ``stop_ids`` (default: the
-    tokenizer's ``eos_token_id``), fitted by L-BFGS on every position of the triples' chats (:func:`stop_texts`)
+    tokens generation stops on, the tokenizer's ``eos_token_id`` and the model's ``generation_config.eos_token_id``,
+    e.g. Gemma's ``<end_of_turn>``), fitted by L-BFGS on every position of the triples' chats (:func:`stop_texts`)
     on standardised residuals, then folded back so :meth:`StopProbe.probability` reads the raw residual."""
-    stop = set(stop_ids) if stop_ids is not None else {tokenizer.eos_token_id}
+    if stop_ids is None:
+        gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stop_ids = [tokenizer.eos_token_id, *([gen] if isinstance(gen, int) else (gen or []))]
+    stop = {t for t in stop_ids if t is not None}
     X, y = _residuals(model, tokenizer, stop_texts(tokenizer, triples), layer, stop, batch_size)
     if not 0 < float(y.sum()) < len(y):
         raise ValueError(f"the triples' chats have {int(y.sum())} of {len(y)} positions before a stop token "
