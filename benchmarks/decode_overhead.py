@@ -8,6 +8,9 @@ generates through its ``.generate`` with the same prompts, seed and batch and ex
 (``min_new_tokens = k``) for each ``k`` in ``(1, *new_tokens)``. Timing: one call per method, length and repeat
 (``time.perf_counter``, garbage collection off), the methods rotated each repeat, after one untimed 1-token call of
 each; a decoding step is ``(T(k_max) - T(1)) / (k_max - 1)``; ratios are medians of per-repeat ratios to unsteered.
+The same ratios of the process's CPU time (``time.process_time``; with one thread, time the machine's other jobs
+take from this one is not counted, though their cache and memory traffic still is) are the cross-check on a shared
+machine.
 Parts: one ``torch.profiler`` call per method, read by the ``record_function`` labels in ``dspa_lite.method``
 (``LABELS``). Models: ``toy`` (the shipped world, methods at ``experiment.DEFAULTS``) and ``gemma`` (random fp32
 weights in google/gemma-2-2b's shape, random 16k JumpReLU SAEs at layers 12/20, a synthetic random map: speed only;
@@ -72,21 +75,23 @@ def peer_version() -> str | None:
     return version("steering-vectors")
 
 
-def _call(m, prompts, k: int) -> float:
+def _call(m, prompts, k: int) -> tuple[float, float]:
+    """Wall time and this process's CPU time (s) of one ``generate`` of exactly ``k`` new tokens."""
     m.model.generation_config.min_new_tokens = k  # no early stop: exactly k new tokens
     gc.collect()
     gc.disable()
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         m.generate(prompts, max_new_tokens=k, temperature=1.0, seed=0, batch_size=len(prompts))
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
     finally:
         gc.enable()
 
 
-def time_interleaved(methods: dict, prompts, lengths: tuple, repeats: int, label: str) -> dict:
-    """``{(method, k): [Measurement per repeat]}`` for ``k`` in ``(1, *lengths)``, the methods rotated per repeat."""
-    ks, names, runs = (1, *lengths), list(methods), defaultdict(list)
+def time_interleaved(methods: dict, prompts, lengths: tuple, repeats: int, label: str) -> tuple[dict, dict]:
+    """``{(method, k): [Measurement per repeat]}`` of wall times for ``k`` in ``(1, *lengths)``, the methods rotated
+    per repeat, and ``{(method, k): [CPU seconds per repeat]}`` (with one thread, robust to other processes' load)."""
+    ks, names, runs, cpu = (1, *lengths), list(methods), defaultdict(list), defaultdict(list)
     for name in names:  # warm-up: one untimed call each
         _call(methods[name], prompts, 1)
     for r in range(repeats):
@@ -94,13 +99,16 @@ def time_interleaved(methods: dict, prompts, lengths: tuple, repeats: int, label
             for k in ks:
                 spec = TaskSpec(f"{name}.generate", "", label=label, sub_label=name, description=f"new tokens={k}",
                                 num_threads=torch.get_num_threads())
-                runs[name, k].append(Measurement(1, [_call(methods[name], prompts, k)], spec))
+                wall, cpu_s = _call(methods[name], prompts, k)
+                runs[name, k].append(Measurement(1, [wall], spec))
+                cpu[name, k].append(cpu_s)
         log(f"  {label} repeat {r + 1}/{repeats}: " + ", ".join(f"{x} {runs[x, ks[-1]][-1].median:.3f} s" for x in names))
-    return runs
+    return runs, cpu
 
 
-def ratios(runs: dict, name: str, lengths: tuple, batch: int) -> dict:
-    """One method's medians (ms) and per-repeat ratios to unsteered (median and range), per new-token count."""
+def ratios(runs: dict, cpu: dict, name: str, lengths: tuple, batch: int) -> dict:
+    """One method's medians (ms) and per-repeat ratios to unsteered (median and range), per new-token count; the same
+    ratios of CPU time."""
     n = lengths[-1]
 
     def walls(x, k):
@@ -115,7 +123,12 @@ def ratios(runs: dict, name: str, lengths: tuple, batch: int) -> dict:
             "ratio_e2e": {str(k): statistics.median(v) for k, v in e2e.items()},
             "ratio_e2e_range": {str(k): [min(v), max(v)] for k, v in e2e.items()},
             "ratio_step": statistics.median(r_step), "ratio_step_range": [min(r_step), max(r_step)],
-            "raw_s": {str(k): walls(name, k) for k in (1, *lengths)}}
+            "raw_s": {str(k): walls(name, k) for k in (1, *lengths)},
+            "ratio_e2e_cpu": {str(k): statistics.median(a / b for a, b in zip(cpu[name, k], cpu["none", k]))
+                              for k in lengths},
+            "ratio_step_cpu": statistics.median(
+                (a1 - b1) / (a0 - b0) for a1, b1, a0, b0 in zip(cpu[name, n], cpu[name, 1], cpu["none", n], cpu["none", 1])),
+            "raw_cpu_s": {str(k): cpu[name, k] for k in (1, *lengths)}}
 
 
 def modelled_e2e(res: dict, name: str, k: int) -> float:
@@ -145,13 +158,13 @@ def measure(methods: dict, prompts, s: dict, l_in: int, label: str, title: str) 
     lengths, model, tok = tuple(s["new_tokens"]), methods["none"].model, methods["none"].tokenizer
     n, old = lengths[-1], model.generation_config.min_new_tokens
     try:
-        runs = time_interleaved(methods, prompts, lengths, s["repeats"], label)
+        runs, cpu = time_interleaved(methods, prompts, lengths, s["repeats"], label)
         profiled = {name: profile_call(m, prompts, n) for name, m in methods.items() if name != "none"}
     finally:
         model.generation_config.min_new_tokens = old
     compare = benchmark.Compare([m for ms in runs.values() for m in ms])
     log(str(compare))
-    res = {name: ratios(runs, name, lengths, len(prompts)) for name in methods}
+    res = {name: ratios(runs, cpu, name, lengths, len(prompts)) for name in methods}
     plen = max(len(tok(t, add_special_tokens=False).input_ids) for t in format_prompts(tok, prompts))
     for name, (parts, _) in profiled.items():
         res[name]["parts"] = parts
@@ -216,23 +229,25 @@ def run_gemma(tokenizer, prompts, s: dict, peer: bool) -> dict:
 def summary(models: dict) -> dict:
     """The issue's two figures, keyed by model then method: ``hook_share`` and ``end_to_end_ratio`` (per new-token
     count; ``"256"`` is measured where 256 was timed, else modelled from the first-token and per-step medians)."""
-    share, e2e, how = {}, {}, {}
+    share, e2e, how, e2e_cpu = {}, {}, {}, {}
     for model, d in models.items():
         res = d["results"]
         share[model] = {m: r.get("hook_share_of_step", 0.0) for m, r in res.items()}
         e2e[model] = {m: {**r["ratio_e2e"], **({} if "256" in r["ratio_e2e"] else {"256": r["ratio_e2e_modelled_256"]})}
                       for m, r in res.items()}
+        e2e_cpu[model] = {m: r["ratio_e2e_cpu"] for m, r in res.items()}
         how[model] = {k: "measured" for k in map(str, d["new_tokens"])} | (
             {} if 256 in d["new_tokens"] else {"256": "modelled: first token + 255 steps, measured medians"})
-    return {"hook_share": share, "end_to_end_ratio": e2e, "end_to_end_ratio_source": how}
+    return {"hook_share": share, "end_to_end_ratio": e2e, "end_to_end_ratio_source": how, "end_to_end_ratio_cpu": e2e_cpu}
 def table(d: dict) -> list[str]:
     def num(x: float) -> str:
         return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
     ks = [str(k) for k in d["new_tokens"]]
     head = ["method", "ms / generated token", *(f"end-to-end ratio, {k} tokens (range)" for k in ks),
-            *([] if "256" in ks else ["end-to-end ratio, 256 tokens (modelled)"]), "ms / decoding step",
-            "step ratio (range)", "first token, ms", *(f"{v}, ms" for v in LABELS.values()),
+            *([] if "256" in ks else ["end-to-end ratio, 256 tokens (modelled)"]),
+            *(f"end-to-end ratio of CPU time, {k} tokens" for k in ks), "ms / decoding step", "step ratio (range)",
+            "step ratio of CPU time", "first token, ms", *(f"{v}, ms" for v in LABELS.values()),
             "edit hook / unsteered step", "analytic FLOP share"]
     lines = [f"### {d['title']}: batch {d['batch']}, {' and '.join(ks)} new tokens, {d['repeats']} repeats", "",
              "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -240,7 +255,8 @@ def table(d: dict) -> list[str]:
         (s0, s1), parts = r["ratio_step_range"], r.get("parts", {})
         e2e = [f"{r['ratio_e2e'][k]:.3f} ({r['ratio_e2e_range'][k][0]:.2f}-{r['ratio_e2e_range'][k][1]:.2f})" for k in ks]
         cells = [name, num(r["ms_per_token"]), *e2e, *([] if "256" in ks else [f"{r['ratio_e2e_modelled_256']:.3f}"]),
-                 num(r["ms_per_step"]), f"{r['ratio_step']:.3f} ({s0:.2f}-{s1:.2f})", num(r["first_token_ms"]),
+                 *(f"{r['ratio_e2e_cpu'][k]:.3f}" for k in ks), num(r["ms_per_step"]),
+                 f"{r['ratio_step']:.3f} ({s0:.2f}-{s1:.2f})", f"{r['ratio_step_cpu']:.3f}", num(r["first_token_ms"]),
                  *(num(parts[k]["median_ms"]) if k in parts else "" for k in LABELS),
                  f"{100 * r['hook_share_of_step']:.3f}%" if "hooks.edit" in parts else "",
                  f"{100 * r['analytic_share']:.3f}%" if "analytic_share" in r else ""]

@@ -81,6 +81,7 @@ def test_toy_measurement_tiny(bench, world, cdmap):
     assert set(summary["hook_share"]["toy"]) == set(res) and summary["hook_share"]["toy"]["none"] == 0.0
     assert set(summary["end_to_end_ratio"]["toy"]["dspa"]) == {"4", "256"}
     assert summary["end_to_end_ratio_source"]["toy"]["256"].startswith("modelled")
+    assert summary["end_to_end_ratio_cpu"]["toy"]["none"] == {"4": 1.0} and res["dspa"]["ratio_step_cpu"] > 0
 
 
 def test_gemma_world_tiny(bench, world):
