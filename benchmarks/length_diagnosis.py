@@ -38,7 +38,7 @@ from dspa_lite.method.stopguard import StopGuard, fit_stop_probe  # noqa: E402
 from dspa_lite.toyworld import language as L  # noqa: E402
 from dspa_lite.toyworld.report import style_latents  # noqa: E402
 
-THRESHOLDS = (0.3, 0.5, 0.7)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.7)
 ALPHAS = (3.0, 6.0, 10.0)
 
 
@@ -192,7 +192,7 @@ def exclude(W, cdmap, prompts, effect, lens, guard, none_rs, dspa_rs) -> tuple[d
                 "cap": sum(capped(W.tokenizer, r) for r in rs) / len(rs)}
 
     out = {"unsteered": score(none_rs), "DSPA": score(dspa_rs)}
-    rules = [(f"exclude effect < -{t:g}", effect < -t) for t in (0.05, 0.02, 0.01, 0.0)]
+    rules = [(f"exclude effect < {-t:g}" if t else "exclude effect < 0", effect < -t) for t in (0.05, 0.02, 0.01, 0.0)]
     rules.append(("exclude logit lens < -1 sd", lens < -lens.std()))
     for name, mask in rules:
         A = cdmap.A.clone()
@@ -272,6 +272,14 @@ def worlds(args) -> None:
                   if "win_rate" in r else " | | ")
             lines.append(f"| {s} | {name} | {100 * r['share']:.1f} | {100 * r['cap']:.1f} | "
                          f"{100 * r['gain_kept']:.0f}% | {100 * r['fluency']:.1f} | {pw} |")
+    lines += ["", "The goal, per threshold: length-cap rate within 1 point of unsteered with at least 90% of DSPA's "
+              "gain kept.", "", "| stop guard | worlds meeting both | cap minus unsteered (points), per world | "
+              "gain kept, per world |", "|---|---|---|---|"]
+    for th in THRESHOLDS:
+        rows = [(r[f"dspa + stop guard {th:g}"], r["none"]) for r in data["worlds"].values()]
+        met = sum(g["cap"] - n["cap"] <= 0.01 and g["gain_kept"] >= 0.9 for g, n in rows)
+        lines.append(f"| {th:g} | {met} of {len(rows)} | " + ", ".join(f"{100 * (g['cap'] - n['cap']):+.1f}" for g, n in rows)
+                     + " | " + ", ".join(f"{100 * g['gain_kept']:.0f}%" for g, _ in rows) + " |")
     data["seconds"] = time.perf_counter() - t0
     md = [_report.header("Toy worlds: the stop guard, and raw vs length-controlled win rates"),
           f"Worlds {args.seeds} (`DSPA_TOY_SEED`), {args.n} held-out prompts x sampling seeds {list(seeds)}, "

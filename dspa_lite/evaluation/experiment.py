@@ -192,8 +192,7 @@ def compare(world, methods: dict[str, object], n_prompts: int = 200, seeds=(0, 1
             if ref in runs and ref != name:
                 res[f"vs_{ref}"] = _versus(scores[name], scores[ref], categories)
         if "none" in runs and name != "none":  # pairwise against the unsteered answer, raw and length-controlled
-            flat = {m: [sum(scores[n][m], []) for n in (name, "none")] for m in ("preferred_share", "words")}
-            res["pairwise_vs_none"] = pairwise_scores(*flat["preferred_share"], *flat["words"])
+            res["pairwise_vs_none"] = _pairwise(scores[name], scores["none"])
         if mcq:
             model = getattr(method, "model", world.model)  # a fine-tuned baseline answers with its own weights
             acc = mcq_accuracy(model, world.tokenizer, world.mcq("test"), steer=method.steer)
@@ -216,6 +215,11 @@ def _response_scores(judge, prompts, responses) -> dict[str, list[float]]:
         later = v.styles[1:]
         out["later_segments"].append(sum(s == v.preferred for s in later) / len(later) if later else math.nan)
     return out
+
+
+def _pairwise(a: dict, b: dict) -> dict:
+    """Each response of ``a`` against ``b``'s to the same prompt and seed: raw and length-controlled win rates."""
+    return pairwise_scores(*(sum(x[m], []) for m in ("preferred_share", "words") for x in (a, b)))
 
 
 def _versus(a: dict, b: dict, categories: list[str]) -> dict:
