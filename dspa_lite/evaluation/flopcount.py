@@ -93,7 +93,7 @@ def cross_check(model, sae_in, sae_out, l_in: int, l_out: int, batch: int = 2, p
     with torch.no_grad():
         cache = model(input_ids=ids, use_cache=True)[cache_kw]
     mask = (torch.arange(m_out) < max(1, m_out // 8))[None]  # (1, m_out): an eighth of the latents in K_neg
-    edit = LatentEdit(sae_out, mask, mask.roll(m_out // 2, 1), "both", 1.0, every_position=True)
+    edit = LatentEdit(sae_out, mask, mask.roll(m_out // 2, 1), "both", 1.0, every_position=True, path="dense")
     runs = {"forward": lambda m: m(input_ids=ids, use_cache=False), "dspa_fit_pass": fit_pass,
             "forward_until_l_out": lambda m: forward_until(m, [l_out], ids), "train_step": train_step,
             "sae_in_encode": lambda m: sae_in.encode(h[:, :P]), "sae_out_encode": lambda m: sae_out.encode(h[:, P:]),
