@@ -119,6 +119,19 @@ def test_topk_sae_keeps_the_dense_edit():
     torch.testing.assert_close(ed(h), h + (z_new - sae.encode(h)) @ sae.W_dec)
 
 
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_one_mask_for_both_sets(world, path):
+    """The same mask as neg and pos: ablate zeroes its active latents, augment scales them, both augments them."""
+    sae = world.sae_out
+    h = torch.randn(1, 3, world.model.config.hidden_size, generator=torch.Generator().manual_seed(8))
+    z = sae.encode(h)
+    mask = (z[0, -1] > 0)[None] & (torch.arange(sae.cfg.d_sae) < 400)[None]
+    on = (z > 0) & mask[:, None]
+    for mode, factor in (("ablate", -1.0), ("augment", 2.0), ("both", 2.0)):
+        out = LatentEdit(sae, mask, mask, mode, 2.0, every_position=True, path=path)(h)
+        torch.testing.assert_close(out, h + factor * (z * on) @ sae.W_dec, rtol=1e-4, atol=1e-4)
+
+
 def test_mask_indices_round_trip():
     neg, _ = random_sets(D_SAE, 3, 5, seed=7)
     assert torch.equal(masks_from(mask_indices(neg), D_SAE), neg)

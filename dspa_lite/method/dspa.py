@@ -116,8 +116,10 @@ class LatentEdit:
         self._nonfinite: Tensor | None = None
         if neg is not None or pos is not None:
             none = torch.zeros(1, sae.W_dec.shape[0], dtype=torch.bool)
-            neg, pos = torch.broadcast_tensors(none if neg is None else neg, none if pos is None else pos)
-            self.set_latents(mask_indices(neg & ~pos), mask_indices(pos))  # K_pos wins where both hold a latent
+            neg = none if neg is None or mode == "augment" else neg
+            pos = none if pos is None or mode == "ablate" else pos
+            neg, pos = torch.broadcast_tensors(neg, pos)
+            self.set_latents(mask_indices(neg & ~pos), mask_indices(pos))  # in "both", K_pos wins a shared latent
 
     def set_latents(self, neg: Int[Tensor, "B kn"], pos: Int[Tensor, "B kp"]) -> None:
         """This batch's ``K_neg``/``K_pos`` as ``(B, k)`` latent indices padded with ``-1`` (any order, any device),
