@@ -36,9 +36,41 @@ def test_threshold_one_is_the_steerer_and_an_always_firing_probe_is_unsteered(wo
     kw = dict(max_new_tokens=40, temperature=1.0, seed=3)
     steered, unsteered = dspa.generate(prompts, **kw), generate(world.model, world.tokenizer, prompts, **kw)
     assert steered != unsteered
-    assert StopGuard(dspa, probe, threshold=1.0).generate(prompts, **kw) == steered
     always = StopProbe(torch.zeros_like(probe.w), 50.0, probe.layer)
-    assert StopGuard(dspa, always, threshold=0.5).generate(prompts, **kw) == unsteered
+    for cumulative in (False, True):
+        assert StopGuard(dspa, probe, threshold=1.0, cumulative=cumulative).generate(prompts, **kw) == steered
+        assert StopGuard(dspa, always, threshold=0.5, cumulative=cumulative).generate(prompts, **kw) == unsteered
+
+
+def test_cumulative_guard_turns_the_edit_off_once_the_model_would_have_stopped(world, cdmap, probe):
+    """Teacher-forced, against a reference: each row is edited up to the first position where the running stop
+    probability (from the last prompt position on, read by the probe from the unedited residual) exceeds the
+    threshold, and left unedited from there on."""
+    from dspa_lite.evaluation.evals import stop_probabilities
+    from dspa_lite.method.generation import format_prompts
+    from dspa_lite.method.hooks import forward_until
+
+    tok, triples = world.tokenizer, world.triples("test")[:6]
+    prompts, responses = [t.prompt for t in triples], [t.chosen for t in triples]
+    dspa = DSPA(world.model, tok, world.sae_in, world.sae_out, cdmap, "augment", 64, 6.0)
+    edited = stop_probabilities(world.model, tok, prompts, responses, dspa.steer)
+    guard = StopGuard(dspa, probe, threshold=0.3, cumulative=True)
+    guarded = stop_probabilities(world.model, tok, prompts, responses, guard.steer)
+    crossed = 0
+    for x, y, (_, p1), (_, pg) in zip(prompts, responses, edited, guarded):
+        prefix = format_prompts(tok, [x])[0]
+        n = len(tok(prefix, add_special_tokens=False).input_ids)
+        ids = tok(prefix + y, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            p = probe.probability(forward_until(world.model, [world.l_out], ids, torch.ones_like(ids))[world.l_out])[0]
+        stopped = 1 - torch.cumprod(1 - p[n - 1:], 0) > 0.3  # from the last prompt position on
+        t = int(stopped.float().argmax()) if stopped.any() else len(stopped)  # first unedited position
+        if t > 1:
+            assert torch.allclose(pg[:t - 1], p1[:t - 1]), "edited until the model would have stopped"
+        if t < len(pg):
+            crossed += 1
+            assert not torch.allclose(pg[t - 1:], p1[t - 1:]), "unedited from there on"
+    assert crossed, "some response runs past the point where the model would have stopped"
 
 
 def test_guard_refuses_a_probe_of_another_layer_and_cleans_up(world, cdmap, probe):

@@ -5,7 +5,8 @@ end-of-turn probability at the segment boundaries where the unsteered model woul
 ``benchmarks/length_diagnosis.py``). :class:`StopGuard` wraps any steerer. At each edited forward
 pass it reads the *unedited* residual at the edit layer with a linear probe of "the next token ends the
 turn" (:class:`StopProbe`, fitted on the preference triples' own dialogues by :func:`fit_stop_probe`) and
-restores that residual at the positions where the probe's probability exceeds ``threshold``: the edit acts
+restores that residual at the positions where the probe's probability exceeds ``threshold`` (or, with
+``cumulative=True``, for the rest of a response once the model would probably have ended it): the edit acts
 where the model continues and stands aside where it would stop. The per-step cost is one dot product of
 width ``d_model`` per position.
 """
@@ -97,13 +98,18 @@ def fit_stop_probe(model, tokenizer, triples, layer: int, stop_ids: Sequence[int
 
 
 class StopGuard(Steerer):
-    """``steerer`` with its edit undone wherever ``probe`` says the unedited model ends its turn (``P > threshold``).
+    """``steerer`` with its edit undone wherever ``probe`` says the unedited model ends its turn.
 
-    The probe must read the layer the steerer edits; it sees the residual before the edit at that layer (earlier
-    positions keep their edits, so the model's state is the steered one). ``threshold=1`` never restores.
+    ``cumulative=False`` restores a position when the probe's ``P(stop)`` there exceeds ``threshold``.
+    ``cumulative=True`` tracks, per row, the probability that the model would have ended its turn by now,
+    ``1 - prod(1 - P(stop))`` over the positions generated so far (the last prompt position and each new one;
+    with ``start``, every position from ``start``), and once that exceeds ``threshold`` leaves the rest of the
+    row unedited: a response the model would probably have finished stops being steered. The probe must read
+    the layer the steerer edits; it sees the residual before the edit at that layer (earlier positions keep
+    their edits, so the model's state is the steered one). ``threshold=1`` never restores.
     """
 
-    def __init__(self, steerer: Steerer, probe: StopProbe, threshold: float = 0.5):
+    def __init__(self, steerer: Steerer, probe: StopProbe, threshold: float = 0.5, cumulative: bool = False):
         super().__init__(steerer.model, steerer.tokenizer)
         layer = getattr(steerer, "l_out", getattr(steerer, "layer", probe.layer))
         if layer != probe.layer:
@@ -112,18 +118,36 @@ class StopGuard(Steerer):
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold={threshold!r} must be a probability in (0, 1]")
         self.steerer, self.probe, self.threshold = steerer, probe, float(threshold)
+        self.cumulative = bool(cumulative)
+
+    def _stop(self, p: Tensor, state: dict, start) -> Tensor:
+        """``(B, T)`` positions to leave unedited, from the probe's ``p`` ``(B, T)`` at this call."""
+        if not self.cumulative:
+            return p > self.threshold
+        B, T = p.shape
+        if "log_survival" not in state:  # the first call: the prompt, or a whole teacher-forced sequence
+            first = torch.full((B, 1), T - 1, device=p.device) if start is None else \
+                torch.as_tensor(list(start), device=p.device)[:, None]
+            counted = torch.arange(T, device=p.device)[None, :] >= first
+            state["log_survival"] = torch.zeros(B, device=p.device)
+        else:
+            counted = torch.ones_like(p, dtype=torch.bool)
+        logs = torch.where(counted, torch.log1p(-p.clamp(max=1 - 1e-6)), torch.zeros_like(p))
+        log_survival = state["log_survival"][:, None] + logs.cumsum(1)  # (B, T)
+        state["log_survival"] = log_survival[:, -1]
+        return counted & (-torch.expm1(log_survival) > self.threshold)
 
     @contextlib.contextmanager
     def steer(self, prompts, input_ids=None, attention_mask=None, start=None):
-        before: dict[str, Tensor] = {}
+        state: dict[str, Tensor] = {}
 
         def keep(h: Tensor) -> Tensor:  # registered first: runs before the steerer's edit
-            before["h"] = h
+            state["h"] = h
             return h
 
         def restore(h: Tensor) -> Tensor:  # registered last: runs after it
-            stop = self.probe.probability(before["h"]) > self.threshold  # (B, T)
-            return torch.where(stop[..., None], before["h"], h)
+            stop = self._stop(self.probe.probability(state["h"]), state, start)  # (B, T)
+            return torch.where(stop[..., None], state["h"], h)
 
         with (edit(self.model, self.probe.layer, keep),
               self.steerer.steer(prompts, input_ids, attention_mask, start) as inner,
