@@ -11,7 +11,7 @@ Sections (benchmarks/RESULTS.md and benchmarks/results/<name>.json):
                columns zeroed), against the stop guard, on the same prompts and sampling seed
   length_worlds (worlds 0-4)
     preferred share, length-cap rate, raw and length-controlled pairwise win rates against unsteered, for every
-    method and the stop guard at three thresholds
+    method and the stop guard at several thresholds, per position and cumulative
 
     python benchmarks/length_diagnosis.py                       # both (about 20 minutes on 2 CPU cores)
     python benchmarks/length_diagnosis.py --sections worlds --seeds 0,1,2,3,4
@@ -39,6 +39,7 @@ from dspa_lite.toyworld import language as L  # noqa: E402
 from dspa_lite.toyworld.report import style_latents  # noqa: E402
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.7)
+CUMULATIVE = (0.8, 0.9, 0.95)  # StopGuard(cumulative=True): off once P(ended by now) exceeds it
 ALPHAS = (3.0, 6.0, 10.0)
 
 
@@ -250,6 +251,8 @@ def one_world(seed: int, n: int, seeds) -> dict:
     probe = fit_stop_probe(W.model, W.tokenizer, W.triples("train"), W.l_out)
     for th in THRESHOLDS:
         methods[f"dspa + stop guard {th:g}"] = StopGuard(methods["dspa"], probe, th)
+    for th in CUMULATIVE:
+        methods[f"dspa + cumulative guard {th:g}"] = StopGuard(methods["dspa"], probe, th, cumulative=True)
     res = compare(W, methods, n_prompts=n, seeds=seeds, mcq=False, progress=False)["methods"]
     gain = res["dspa"]["preferred_share"] - res["none"]["preferred_share"]
     return {name: {"share": r["preferred_share"], "cap": r["length_cap_rate"], "fluency": r["fluency"],
@@ -272,13 +275,15 @@ def worlds(args) -> None:
                   if "win_rate" in r else " | | ")
             lines.append(f"| {s} | {name} | {100 * r['share']:.1f} | {100 * r['cap']:.1f} | "
                          f"{100 * r['gain_kept']:.0f}% | {100 * r['fluency']:.1f} | {pw} |")
-    lines += ["", "The goal, per threshold: length-cap rate within 1 point of unsteered with at least 90% of DSPA's "
-              "gain kept.", "", "| stop guard | worlds meeting both | cap minus unsteered (points), per world | "
+    lines += ["", "The goal, per guard: length-cap rate within 1 point of unsteered with at least 90% of DSPA's "
+              "gain kept. Stop guard t: no edit where the probe's P(eot) > t; cumulative guard t: no edit for the rest "
+              "of a response once the probability that the model would have ended it by now exceeds t.", "",
+              "| guard | worlds meeting both | cap minus unsteered (points), per world | "
               "gain kept, per world |", "|---|---|---|---|"]
-    for th in THRESHOLDS:
-        rows = [(r[f"dspa + stop guard {th:g}"], r["none"]) for r in data["worlds"].values()]
+    for guard in [f"stop guard {t:g}" for t in THRESHOLDS] + [f"cumulative guard {t:g}" for t in CUMULATIVE]:
+        rows = [(r[f"dspa + {guard}"], r["none"]) for r in data["worlds"].values()]
         met = sum(g["cap"] - n["cap"] <= 0.01 and g["gain_kept"] >= 0.9 for g, n in rows)
-        lines.append(f"| {th:g} | {met} of {len(rows)} | " + ", ".join(f"{100 * (g['cap'] - n['cap']):+.1f}" for g, n in rows)
+        lines.append(f"| {guard} | {met} of {len(rows)} | " + ", ".join(f"{100 * (g['cap'] - n['cap']):+.1f}" for g, n in rows)
                      + " | " + ", ".join(f"{100 * g['gain_kept']:.0f}%" for g, _ in rows) + " |")
     data["seconds"] = time.perf_counter() - t0
     md = [_report.header("Toy worlds: the stop guard, and raw vs length-controlled win rates"),
