@@ -13,7 +13,7 @@ Sections (benchmarks/RESULTS.md and benchmarks/results/<name>.json):
     preferred share, length-cap rate, raw and length-controlled pairwise win rates against unsteered, for every
     method and the stop guard at several thresholds, per position and cumulative
 
-    python benchmarks/length_diagnosis.py                       # both (about 20 minutes on 2 CPU cores)
+    python benchmarks/length_diagnosis.py                       # both (about 15 minutes on 2 CPU cores)
     python benchmarks/length_diagnosis.py --sections worlds --seeds 0,1,2,3,4
 """
 
