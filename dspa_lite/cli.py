@@ -135,7 +135,7 @@ def cmd_generate(args) -> dict:
 
 
 def cmd_eval(args) -> dict:
-    from .evaluation.experiment import build_methods, compare
+    from .evaluation.experiment import build_methods, compare, judge_against_unsteered
 
     command_profile(args.profile)
     names = checks.check_names(args.methods, METHODS, "--methods")
@@ -152,7 +152,7 @@ def cmd_eval(args) -> dict:
     methods = build_methods(world, names, mode=args.mode, k=args.k, alpha=args.alpha)
     if judge is None:
         return compare(world, methods, n_prompts=args.n_prompts, seeds=range(args.seeds), mcq=not args.no_mcq)
-    return _endpoint_eval(world, methods, judge, args)
+    return judge_against_unsteered(world, methods, judge, args.n_prompts, progress=not args.json)
 
 
 def _endpoint_judge(args):
@@ -169,30 +169,6 @@ def _endpoint_judge(args):
     judge = Judge(JudgeConfig.from_env(**{k: v for k, v in overrides.items() if v is not None}))
     checks.check_writable_file(judge.cache_path, "the judge cache")  # answers are paid for: keep them
     return judge
-
-
-def _endpoint_eval(world, methods: dict, judge, args) -> dict:
-    """AlpacaEval-style: each method's output against the unsteered one, judged by the endpoint (seed 0)."""
-    from .evaluation.experiment import MAX_NEW_TOKENS
-    from .evaluation.judges import win_rate
-    from .evaluation.protocols import length_diffs
-
-    prompts = world.prompts("test", args.n_prompts)
-    outputs = {name: m.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=0, batch_size=50)
-               for name, m in methods.items()}
-    out = {"judge": judge.config.to_dict(), "cache": str(judge.cache_path), "n_prompts": len(prompts),
-           "reference": "none", "methods": {}}
-    for name, texts in outputs.items():
-        if name != "none":
-            comparisons = judge.compare(prompts, texts, outputs["none"], progress=not args.json)
-            out["methods"][name] = win_rate(comparisons, length_diffs(texts, outputs["none"]))  # raw and LC
-    if not any(r["n"] for r in out["methods"].values()):
-        raise JudgeError(f"none of the {judge.unparsed} judge replies had a readable verdict ([[A]], [[B]] or "
-                         f"[[tie]]), so none was cached and there is no win rate: check that --judge-model "
-                         f"{judge.config.model!r} follows the instruction (a rerun asks again)")
-    out |= {"usage": judge.usage, "estimated_cost_usd": judge.cost, "unparsed": judge.unparsed,
-            "cache_unsaved": judge.unsaved, "cache_error": judge.cache_error}
-    return out
 
 
 def cmd_audit(args) -> dict:

@@ -28,7 +28,8 @@ from ..method.stopguard import StopGuard, fit_stop_probe
 from .evals import judge_responses, mcq_accuracy, pairwise_scores
 from .protocols import mean_se
 
-__all__ = ["build_methods", "compare", "fit_maps", "paired_bootstrap", "recorded_run", "DEFAULTS", "METHOD_NAMES"]
+__all__ = ["build_methods", "compare", "fit_maps", "paired_bootstrap", "recorded_run", "judge_against_unsteered", "DEFAULTS",
+           "METHOD_NAMES"]
 
 # The measured defaults on the toy world (benchmarks/RESULTS.md): gated augment, k=64, alpha=6.
 DEFAULTS = {"mode": "augment", "k": 64, "alpha": 6.0, "caa_multiplier": 2.0}
@@ -254,3 +255,27 @@ def recorded_run(name: str, repo_url: str = repository.URL, start: Path | None =
         script = f"benchmarks/{name.removesuffix('.json').removesuffix('_quick')}.py"
         raise FileNotFoundError(f"the recorded run {name} is neither under a folder above {here} nor readable from {url} "
                                 f"({e}): clone the repository, or run `python {script}`") from None
+
+
+def judge_against_unsteered(world, methods: dict, judge, n_prompts: int | None = None, progress: bool = True) -> dict:
+    """AlpacaEval-style: each method's outputs against the unsteered ones (``methods["none"]``), judged by an
+    endpoint :class:`~dspa_lite.evaluation.judges.Judge` (sampling seed 0); raw and length-controlled win rates."""
+    from .judges import JudgeError, win_rate
+    from .protocols import length_diffs
+
+    prompts = world.prompts("test", n_prompts)
+    outputs = {name: m.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=0, batch_size=50)
+               for name, m in methods.items()}
+    out = {"judge": judge.config.to_dict(), "cache": str(judge.cache_path), "n_prompts": len(prompts),
+           "reference": "none", "methods": {}}
+    for name, texts in outputs.items():
+        if name != "none":
+            comparisons = judge.compare(prompts, texts, outputs["none"], progress=progress)
+            out["methods"][name] = win_rate(comparisons, length_diffs(texts, outputs["none"]))
+    if not any(r["n"] for r in out["methods"].values()):
+        raise JudgeError(f"none of the {judge.unparsed} judge replies had a readable verdict ([[A]], [[B]] or "
+                         f"[[tie]]), so none was cached and there is no win rate: check that the judge model "
+                         f"{judge.config.model!r} follows the instruction (a rerun asks again)")
+    out |= {"usage": judge.usage, "estimated_cost_usd": judge.cost, "unparsed": judge.unparsed,
+            "cache_unsaved": judge.unsaved, "cache_error": judge.cache_error}
+    return out
