@@ -8,7 +8,8 @@ Per method, interleaved over repeats: ``generate`` of ``--batch`` prompts with e
 - per-step times: CUDA events around every forward call of the model (no extra synchronisation), median over decoding
   steps; the edit hook's own time: CUDA events around each call of the edit (``hooks.edit``), median;
 - host syncs: ``torch.cuda.set_sync_debug_mode("warn")`` counted inside the method's hooks on every call (the edit at
-  ``l_out``, DSPA's prefill hook at ``l_in``) and over the whole ``generate`` (Hugging Face's own loop included);
+  ``l_out``, DSPA's prefill hook at ``l_in``) and over the whole ``generate`` (Hugging Face's own loop included), in
+  one more ``generate`` per method that is not timed (the counting itself costs host time);
 - peak memory: ``torch.cuda.max_memory_allocated`` per method.
 
 The whole check is sized to finish in under 8 minutes on one H100/H200-class GPU (model construction on the CPU
@@ -91,17 +92,20 @@ def counted_syncs(device: torch.device, counter: list):
 
 
 @contextlib.contextmanager
-def instrumented(model, device: torch.device, record: dict):
-    """Per-forward-call clock on the model, per-call clock and sync count on the edit hooks and DSPA's prefill hook."""
+def instrumented(model, device: torch.device, record: dict, count_syncs: bool):
+    """Per-forward-call clock on the model and per-call clock on the edit hooks, or (``count_syncs``) the host syncs
+    in the edit hooks and DSPA's prefill hook."""
     steps, edits, hook_syncs = Clock(device), Clock(device), []
     original_edit, original_fill = hooks.edit, PrefillSets.__call__
 
     @contextlib.contextmanager
     def timed_edit(m, layer, fn):
         def wrapped(h):
+            if count_syncs:
+                with counted_syncs(device, hook_syncs):
+                    return fn(h)
             t0 = edits.start()
-            with counted_syncs(device, hook_syncs):
-                out = fn(h)
+            out = fn(h)
             edits.stop(t0)
             return out
 
@@ -109,6 +113,8 @@ def instrumented(model, device: torch.device, record: dict):
             yield
 
     def timed_fill(self, h):
+        if not count_syncs:
+            return original_fill(self, h)
         with counted_syncs(device, hook_syncs):
             return original_fill(self, h)
 
@@ -131,14 +137,15 @@ def instrumented(model, device: torch.device, record: dict):
         record.update(step_ms=steps.ms(), edit_ms=edits.ms(), hook_syncs=hook_syncs)
 
 
-def run_method(name, method, prompts, n: int, device: torch.device) -> dict:
-    model, rec, total_syncs = method.model, {}, []
+def run_method(method, prompts, n: int, device: torch.device) -> dict:
+    """One timed ``generate`` of exactly ``n`` new tokens."""
+    model, rec = method.model, {}
     model.generation_config.min_new_tokens = n
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    with instrumented(model, device, rec), counted_syncs(device, total_syncs):
+    with instrumented(model, device, rec, count_syncs=False):
         method.generate(prompts, max_new_tokens=n, temperature=1.0, seed=0, batch_size=len(prompts))
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -146,9 +153,19 @@ def run_method(name, method, prompts, n: int, device: torch.device) -> dict:
     decode = rec["step_ms"][1:]  # call 0 is the prefill
     return {"wall_s": wall, "prefill_ms": rec["step_ms"][0], "step_ms_median": statistics.median(decode),
             "step_ms": decode, "edit_ms_median": statistics.median(rec["edit_ms"]) if rec["edit_ms"] else 0.0,
-            "edit_calls": len(rec["edit_ms"]), "hook_syncs": sum(rec["hook_syncs"]) if device.type == "cuda" else None,
-            "generate_syncs": total_syncs[0] + sum(rec["hook_syncs"]) if total_syncs else None,
+            "edit_calls": len(rec["edit_ms"]),
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+
+
+def count_method_syncs(method, prompts, n: int, device: torch.device) -> dict:
+    """Host syncs in one untimed ``generate``: inside the method's hooks, and in all (``None`` on the CPU)."""
+    if device.type != "cuda":
+        return {"hook_syncs": None, "generate_syncs": None}
+    rec, total = {}, []
+    method.model.generation_config.min_new_tokens = n
+    with instrumented(method.model, device, rec, count_syncs=True), counted_syncs(device, total):
+        method.generate(prompts, max_new_tokens=n, temperature=1.0, seed=0, batch_size=len(prompts))
+    return {"hook_syncs": sum(rec["hook_syncs"]), "generate_syncs": total[0] + sum(rec["hook_syncs"])}
 
 
 def methods_for(model, tok, sae_in, sae_out, cdmap, vector) -> dict:
@@ -167,7 +184,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     t0, device = time.perf_counter(), torch.device(args.device)
@@ -187,17 +204,18 @@ def main(argv=None) -> dict:
     names = list(methods)
     for r in range(args.repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            runs[name].append(run_method(name, methods[name], prompts, args.new_tokens, device))
+            runs[name].append(run_method(methods[name], prompts, args.new_tokens, device))
+    syncs = {name: count_method_syncs(m, prompts, args.new_tokens, device) for name, m in methods.items()}
     data = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tiny": args.tiny,
             "dtype": "bfloat16", "batch": args.batch, "new_tokens": args.new_tokens, "repeats": args.repeats,
             "build_s": build_s, "torch": torch.__version__, "methods": {}}
     base = statistics.median(r["step_ms_median"] for r in runs["none"])
+    wall = statistics.median(r["wall_s"] for r in runs["none"])
     for name, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "prefill_ms", "step_ms_median", "edit_ms_median")}
-        data["methods"][name] = {**med, "step_ratio": med["step_ms_median"] / base,
+        data["methods"][name] = {**med, "step_ratio": med["step_ms_median"] / base, "wall_ratio": med["wall_s"] / wall,
                                  "hook_share": med["edit_ms_median"] / base if name != "none" else 0.0,
-                                 "edit_calls": rs[0]["edit_calls"], "hook_syncs": rs[0]["hook_syncs"],
-                                 "generate_syncs": rs[0]["generate_syncs"],
+                                 "edit_calls": rs[0]["edit_calls"], **syncs[name],
                                  "peak_mem_gib": max((r["peak_mem_gib"] or 0) for r in rs) or None}
     data["seconds"] = time.perf_counter() - t0
     print(markdown(data))
@@ -208,11 +226,12 @@ def main(argv=None) -> dict:
 
 
 def markdown(data: dict) -> str:
-    head = ("| method | ms / step | step ratio | edit hook, ms | hook share | prefill, ms | syncs in hooks | "
-            "syncs in generate | peak GiB |")
-    rows = [head, "|---" * 9 + "|"]
+    head = ("| method | ms / step | step ratio | generate, s | wall ratio | edit hook, ms | hook share | prefill, ms | "
+            "syncs in hooks | syncs in generate | peak GiB |")
+    rows = [head, "|---" * 11 + "|"]
     for name, r in data["methods"].items():
-        rows.append(f"| {name} | {r['step_ms_median']:.2f} | {r['step_ratio']:.3f} | {r['edit_ms_median']:.3f} | "
+        rows.append(f"| {name} | {r['step_ms_median']:.2f} | {r['step_ratio']:.3f} | {r['wall_s']:.3f} | "
+                    f"{r['wall_ratio']:.3f} | {r['edit_ms_median']:.3f} | "
                     f"{100 * r['hook_share']:.2f}% | {r['prefill_ms']:.1f} | {r['hook_syncs']} | {r['generate_syncs']} | "
                     f"{r['peak_mem_gib'] if r['peak_mem_gib'] is None else round(r['peak_mem_gib'], 2)} |")
     return (f"{data['device']}, bf16, batch {data['batch']}, {data['new_tokens']} new tokens, {data['repeats']} repeats, "

@@ -141,7 +141,7 @@ class CDMap:
                 raise ValueError(f"{name} must have shape (m_out,) = ({m_out},), got {shape_of(t)}")
             if name != "A" or isinstance(t, Tensor):
                 setattr(self, name, t.detach().to(torch.float32).contiguous())
-        self._on_device = self.A
+        self._copies: dict[torch.device, Tensor | LowRankMap] = {self.A.device: self.A}  # A on each device used
         self.meta = {"package_version": _VERSION,
                      "created": datetime.now(UTC).isoformat(timespec="seconds"), **self.meta}
         for key, size in (("d_sae_in", m_in), ("d_sae_out", m_out)):
@@ -167,9 +167,9 @@ class CDMap:
         return cls(A, d.mean(0), d.std(0, correction=0), latent_mean, config, {**(meta or {}), "n_triples": U.shape[0]})
 
     def scores(self, u: Float[Tensor, "*B m_in"]) -> Float[Tensor, "*B m_out"]:
-        if self._on_device.device != u.device:  # one copy per device, not one transfer per call
-            self._on_device = self.A.to(u.device)
-        return prompt_scores(self._on_device, u)
+        if u.device not in self._copies:  # one copy per device, kept: not one transfer per call
+            self._copies[u.device] = self.A.to(u.device)
+        return prompt_scores(self._copies[u.device], u)
 
     def active_rows(self) -> Tensor:
         """``(m_in,)`` bool: prompt latents whose row of ``A`` is not all zero (for a factored map: whose left row)."""

@@ -30,7 +30,7 @@ from .generation import Steerer, content_start
 from .hooks import edit, observe
 from .prefill import PrefillSets, prompt_rows
 from .saes import check_sae, model_id, sae_id, sae_layer
-from .sparse import EDIT_PATHS, edit_path, gather, mask_indices, sparse_diff
+from .sparse import EDIT_PATHS, add_decoded, edit_path, gather, mask_indices, sparse_diff
 from .triples import data_hash
 
 __all__ = ["DSPA", "LatentEdit", "MODES", "fit_cdmap", "masks_from"]
@@ -88,8 +88,8 @@ class LatentEdit:
 
     ``path``: ``"auto"`` takes :func:`~dspa_lite.method.sparse.edit_path` (``"sparse"`` for ReLU and JumpReLU SAEs:
     the edit encodes and decodes the selected latents only; ``"dense"`` for TopK and anything else); the path taken is
-    ``self.path``. No call reads a value back to the host (a device synchronisation on a GPU): a NaN/inf edit sets a
-    device-side flag that :meth:`check_finite` reads once, after generation; ``debug=True`` checks on every call.
+    ``self.path``. No call reads a value back to the host (a device synchronisation on a GPU): a NaN/inf edit makes its
+    float32 sum on the device non-finite, and :meth:`check_finite` reads those sums once, after generation; ``debug=True`` checks on every call.
     """
 
     def __init__(self, sae, neg: Bool[Tensor, "B d_sae"] | None, pos: Bool[Tensor, "B d_sae"] | None, mode: str,
@@ -113,7 +113,7 @@ class LatentEdit:
         self.record = False
         self.empty: bool | None = None  # True: known on the host to select nothing (the edit returns h itself)
         self._sets: Any = None  # sparse.Gathered, or the (neg, pos) masks on the SAE's device
-        self._nonfinite: Tensor | None = None
+        self._totals: list[Tensor] = []  # per call, the float32 sum of z' - z (finite unless it held NaN/inf)
         if neg is not None or pos is not None:
             none = torch.zeros(1, sae.W_dec.shape[0], dtype=torch.bool)
             neg = none if neg is None or mode == "augment" else neg
@@ -155,18 +155,18 @@ class LatentEdit:
     def _edit(self, h: Float[Tensor, "B T d_model"], sel: Bool[Tensor, "B T"] | None) -> Float[Tensor, "B T d_model"]:
         if self.path == "sparse":
             with record_function("dspa.LatentEdit.encode"):
-                diff = sparse_diff(self.sae, self._sets, h, self.alpha, sel)  # (B, T, J)
-            delta = torch.matmul(diff, self._sets.W_dec)
+                diff = sparse_diff(self._sets, h, sel)  # (B, T, J)
+            W_dec = self._sets.W_dec
         else:
-            diff = self._dense_diff(h, sel)  # (B, T, d_sae)
-            delta = diff @ self.sae.W_dec
+            diff, W_dec = self._dense_diff(h, sel), self.sae.W_dec  # (B, T, d_sae)
         if self.record:
             self.trace.append(self._edited(diff))
-        finite = torch.isfinite(delta).all()
-        if self.debug and not finite:  # a host read: debug only
+        # NaN/inf anywhere in the edit makes its float32 sum non-finite: one reduction, read after generation
+        total = diff.sum(dtype=torch.float32)
+        if self.debug and not torch.isfinite(total):  # a host read: debug only
             raise FloatingPointError(NONFINITE)
-        self._nonfinite = ~finite if self._nonfinite is None else self._nonfinite | ~finite
-        return h + delta.to(h.dtype)
+        self._totals.append(total)
+        return add_decoded(h, diff, W_dec)
 
     def _dense_diff(self, h: Float[Tensor, "B T d_model"], sel: Bool[Tensor, "B T"] | None) -> Float[Tensor, "B T d_sae"]:
         neg, pos = (m[:, None, :] for m in self._sets)
@@ -191,7 +191,7 @@ class LatentEdit:
 
     def check_finite(self) -> None:
         """Raise ``FloatingPointError`` if any call so far produced NaN/inf (one host read of the device flag)."""
-        if self._nonfinite is not None and bool(self._nonfinite):
+        if self._totals and not bool(torch.isfinite(torch.stack(self._totals).sum())):
             raise FloatingPointError(NONFINITE)
 
 
@@ -258,9 +258,10 @@ class DSPA(Steerer):
         with record_function("dspa.prompt_features"):
             u = prompt_features(self.model, self.tokenizer, self.sae_in, self.l_in, prompts,
                                 self.cdmap.config.pooling, self.cdmap.config.exclude_template)
-        with record_function("dspa.map_lookup"):
-            s = self.cdmap.scores(u)  # (B, m_out)
+        with record_function("dspa.map_lookup"):  # on the SAE's device (the map is copied there once)
+            s = self.cdmap.scores(u.to(self.sae_out.W_dec.device))  # (B, m_out)
             k_neg, k_pos = select_latents(s, self.k)
+            s, k_neg, k_pos = s.cpu(), k_neg.cpu(), k_pos.cpu()
         if isinstance(prompt, str):
             return {"s": s[0], "K_neg": k_neg[0][k_neg[0] >= 0], "K_pos": k_pos[0][k_pos[0] >= 0], "u": u[0]}
         return {"s": s, "K_neg": k_neg, "K_pos": k_pos, "u": u}

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .saes import elementwise
 
-__all__ = ["EDIT_PATHS", "Gathered", "edit_path", "gather", "mask_indices", "sparse_diff"]
+__all__ = ["EDIT_PATHS", "Gathered", "add_decoded", "edit_path", "gather", "mask_indices", "sparse_diff"]
 
 EDIT_PATHS = ("sparse", "dense")
 
@@ -45,42 +45,63 @@ def mask_indices(mask: Bool[Tensor, "B d_sae"]) -> Int[Tensor, "B k"]:
 @dataclass
 class Gathered:
     """One batch's slice of an SAE: for each row ``b`` and selected latent ``j`` (``K_neg`` first, then ``K_pos``)
-    its encoder column ``W_enc[:, j]`` (as a row), bias, threshold (``0`` for ReLU) and decoder row."""
+    its encoder column, bias, gate threshold and decoder row, and the factor that turns its activation ``z_j`` into
+    the edit ``z'_j - z_j`` (``alpha`` on ``K_pos``, ``-1`` on ``K_neg``, ``0`` on padding). Laid out so that a decoding
+    step is two matrix products and a few elementwise kernels (:func:`sparse_diff`)."""
 
     idx: Int[Tensor, "B J"]  # latent index, -1 for padding
-    W_enc: Float[Tensor, "B J d_model"]
-    b_enc: Float[Tensor, "B J"]
-    threshold: Float[Tensor, "B J"]
+    W_enc: Float[Tensor, "B d_model J"]
+    b_enc: Float[Tensor, "B 1 J"]
+    threshold: Float[Tensor, "B 1 J"]  # max(threshold, 0): 0 for ReLU
     W_dec: Float[Tensor, "B J d_model"]
-    is_pos: Bool[Tensor, "1 J"]
+    coef: Float[Tensor, "B 1 J"]
+    b_dec_in: Float[Tensor, " d_model"] | None  # b_dec where the SAE subtracts it from its input, else None
     valid: Bool[Tensor, "B J"]
-    inject: Float[Tensor, "B J"] | None  # alpha * latent_mean on K_pos (gate="none"), else None
+    inject: Float[Tensor, "B 1 J"] | None  # alpha * latent_mean on K_pos (gate="none"), else None
 
 
 def gather(sae, neg: Int[Tensor, "B kn"], pos: Int[Tensor, "B kp"], alpha: float,
            latent_mean: Tensor | None = None) -> Gathered:
     """The selected latents' weights, on the SAE's device (``neg``/``pos``: ``(B, k)`` indices padded with ``-1``)."""
-    dev = sae.W_dec.device
+    dev, dtype = sae.W_dec.device, sae.W_dec.dtype
     idx = torch.cat([neg.to(dev), pos.to(dev)], 1)
     valid, safe = idx >= 0, idx.clamp_min(0)
     is_pos = (torch.arange(idx.shape[1], device=dev) >= neg.shape[1])[None]
-    threshold = sae.threshold[safe] if elementwise(sae) == "jumprelu" else torch.zeros_like(sae.b_enc[safe])
+    zero = torch.zeros((), dtype=dtype, device=dev)
+    # a JumpReLU gate z = relu(pre) * (pre > t) is pre * (pre > max(t, 0)); ReLU is t = 0
+    threshold = sae.threshold[safe].clamp_min(0) if elementwise(sae) == "jumprelu" else torch.zeros_like(sae.b_enc[safe])
+    coef = torch.where(valid, torch.where(is_pos, alpha, -1.0).to(dtype), zero)  # no host-to-device copy
     inject = None
     if latent_mean is not None:
-        inject = torch.where(is_pos & valid, alpha * latent_mean.to(sae.W_dec)[safe], torch.zeros((), device=dev))
-    return Gathered(idx, sae.W_enc.T[safe], sae.b_enc[safe], threshold, sae.W_dec[safe], is_pos, valid, inject)
+        inject = torch.where(is_pos & valid, alpha * latent_mean.to(sae.W_dec)[safe], zero)[:, None]
+    b_dec_in = sae.b_dec if sae.cfg.apply_b_dec_to_input else None  # sae-lens's process_sae_in
+    return Gathered(idx, sae.W_enc.T[safe].transpose(1, 2), sae.b_enc[safe][:, None], threshold[:, None],
+                    sae.W_dec[safe], coef.to(dtype)[:, None], b_dec_in, valid, inject)
 
 
-def sparse_diff(sae, g: Gathered, h: Float[Tensor, "B T d_model"], alpha: float,
-                sel: Bool[Tensor, "B T"] | None = None) -> Float[Tensor, "B T J"]:
-    """``z' - z`` on the gathered latents at each position (``sel``: positions to edit, ``None``: all), exactly the
-    dense edit's arithmetic: ``-z`` on active ``K_neg``, ``z (1 + alpha) - z`` on active ``K_pos``; with ``inject``,
-    ``alpha * latent_mean`` on inactive ``K_pos``."""
-    x = h.to(g.W_dec.dtype) - sae.b_dec * sae.cfg.apply_b_dec_to_input  # sae-lens's process_sae_in
-    pre = torch.matmul(x, g.W_enc.transpose(1, 2)) + g.b_enc[:, None]  # (B, T, J)
-    z = torch.relu(pre) * (pre > g.threshold[:, None]).to(pre.dtype)
-    diff = torch.where(g.is_pos[:, None], z * (1 + alpha) - z, -z)
-    keep = g.valid[:, None] if sel is None else g.valid[:, None] & sel[:, :, None]
+def sparse_diff(g: Gathered, h: Float[Tensor, "B T d_model"], sel: Bool[Tensor, "B T"] | None = None
+                ) -> Float[Tensor, "B T J"]:
+    """``z' - z`` on the gathered latents at each position (``sel``: positions to edit, ``None``: all): ``-z`` on
+    active ``K_neg``, ``alpha z`` on active ``K_pos`` (``(1 + alpha) z - z``), zero where a latent is inactive;
+    with ``inject``, ``alpha * latent_mean`` on inactive ``K_pos``. The dense edit's values to float rounding."""
+    x = h.to(g.W_dec.dtype)
+    if g.b_dec_in is not None:
+        x = x - g.b_dec_in
+    if g.W_enc.shape[0] == x.shape[0]:  # one fused GEMM (the bias in its epilogue)
+        pre = torch.baddbmm(g.b_enc, x, g.W_enc)  # (B, T, J)
+    else:  # one set of latents for the whole batch (static steering)
+        pre = torch.matmul(x, g.W_enc) + g.b_enc
+    z = pre * (pre > g.threshold)
+    diff = z * g.coef
     if g.inject is not None:
-        diff = torch.where((z <= 0) & g.is_pos[:, None], g.inject[:, None], diff)
-    return torch.where(keep, diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
+        diff = torch.where(z <= 0, g.inject, diff)
+    return diff if sel is None else torch.where(sel[:, :, None], diff, torch.zeros((), dtype=diff.dtype,
+                                                                                   device=diff.device))
+
+
+def add_decoded(h: Float[Tensor, "B T d_model"], diff: Float[Tensor, "B T J"], W_dec: Float[Tensor, "*B J d_model"]
+                ) -> Float[Tensor, "B T d_model"]:
+    """``h + diff @ W_dec`` in ``h``'s dtype: one fused GEMM where the batch and dtypes allow."""
+    if W_dec.ndim == 3 and W_dec.shape[0] == h.shape[0] and diff.dtype == h.dtype == W_dec.dtype:
+        return torch.baddbmm(h, diff, W_dec)
+    return h + torch.matmul(diff, W_dec).to(h.dtype)
