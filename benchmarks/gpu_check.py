@@ -12,8 +12,8 @@ Per method, interleaved over repeats: ``generate`` of ``--batch`` prompts with e
   one more ``generate`` per method that is not timed (the counting itself costs host time);
 - peak memory: ``torch.cuda.max_memory_allocated`` per method.
 
-The whole check is sized to finish in under 8 minutes on one H100/H200-class GPU (model construction on the CPU
-included). ``--tiny`` runs a small shape (on the CPU with ``--device cpu``: the test of this script; CUDA-only figures
+On one H200 the whole check took 110 s with ``--repeats 7`` (27 s of it building the model on the CPU); the wheels the
+device lacked (sae-lens and its needs, the lock's transformers) were installed from ``pip download``. ``--tiny`` runs a small shape (on the CPU with ``--device cpu``: the test of this script; CUDA-only figures
 are then ``null``). Writes ``--out`` (JSON) and prints a markdown table.
 
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json            # on the GPU machine
