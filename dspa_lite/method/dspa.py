@@ -104,6 +104,8 @@ class LatentEdit:
             raise ValueError("gate='none' injects K_pos latents at their mean active value: pass latent_mean")
         self.sae, self.mode, self.alpha, self.gate, self.debug = sae, mode, alpha, gate, debug
         self.latent_mean, self.start, self.every_position = latent_mean, start, every_position
+        # on the device now, so the hook's first call copies nothing from the host (a sync on a GPU)
+        self._starts = None if start is None else torch.as_tensor(list(start), device=sae.W_dec.device)[:, None]
         self.path = edit_path(sae) if path == "auto" else path
         if self.path == "sparse" and edit_path(sae) != "sparse":
             raise ValueError(f"path='sparse' needs an SAE with an elementwise activation (ReLU, JumpReLU); this "
@@ -148,7 +150,7 @@ class LatentEdit:
             return torch.cat([h[:, :-1], self._edit(h[:, -1:], None)], 1)
         sel = None
         if first and self.start is not None and not self.every_position:
-            starts = torch.as_tensor(list(self.start), device=h.device)[:, None]
+            starts = self._starts.to(h.device)
             sel = torch.arange(h.shape[1], device=h.device)[None, :] >= starts
         return self._edit(h, sel)
 
