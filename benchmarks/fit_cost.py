@@ -251,7 +251,7 @@ def main() -> None:
           f"once, the order alternating, after a warm-up of each; {cfg['repeats']} repeats; medians; ratio = median "
           "of the per-repeat ratios; the same of the process's CPU time (`time.process_time`, one thread: not the "
           "time other jobs on the machine take from this one).\n", "\n".join(lines), "",
-          f"The worst ratio, {worst:.2f}x, is {verdict} the issue's goal of {GOAL:.2f}x; by CPU time the worst, "
+          f"The worst ratio, {worst:.3f}x, is {verdict} the goal of {GOAL:.2f}x; by CPU time the worst, "
           f"{worst_cpu:.3f}x, is {verdict_cpu} it. On average {plen:.0f} tokens per sequence.", "",
           f"Where the fit's time goes (one instrumented fit of {big['n']} triples, {bd['wall_s']:.2f} s; timers "
           "patched around the named steps by this script):", "",

@@ -13,8 +13,9 @@ Per method, interleaved over repeats: ``generate`` of ``--batch`` prompts with e
 - peak memory: ``torch.cuda.max_memory_allocated`` per method.
 
 On one H200 the whole check took 110 s with ``--repeats 7`` (27 s of it building the model on the CPU); the wheels the
-device lacked (sae-lens and its needs, the lock's transformers) were installed from ``pip download``. ``--tiny`` runs a small shape (on the CPU with ``--device cpu``: the test of this script; CUDA-only figures
-are then ``null``). Writes ``--out`` (JSON) and prints a markdown table.
+device lacked (sae-lens and its needs, the lock's transformers) were installed from ``pip download``. ``--tiny`` runs
+a small shape (on the CPU with ``--device cpu``: the test of this script; CUDA-only figures are then ``null``).
+Writes ``--out`` (JSON) and prints a markdown table.
 
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json            # on the GPU machine
     python benchmarks/gpu_check.py --tiny --device cpu --out /tmp/g.json # the CPU test

@@ -89,7 +89,8 @@ class LatentEdit:
     ``path``: ``"auto"`` takes :func:`~dspa_lite.method.sparse.edit_path` (``"sparse"`` for ReLU and JumpReLU SAEs:
     the edit encodes and decodes the selected latents only; ``"dense"`` for TopK and anything else); the path taken is
     ``self.path``. No call reads a value back to the host (a device synchronisation on a GPU): a NaN/inf edit makes its
-    float32 sum on the device non-finite, and :meth:`check_finite` reads those sums once, after generation; ``debug=True`` checks on every call.
+    float32 sum on the device non-finite, and :meth:`check_finite` reads those sums once, after generation;
+    ``debug=True`` checks on every call.
     """
 
     def __init__(self, sae, neg: Bool[Tensor, "B d_sae"] | None, pos: Bool[Tensor, "B d_sae"] | None, mode: str,
