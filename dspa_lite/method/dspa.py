@@ -193,7 +193,7 @@ class LatentEdit:
         return out.scatter_(2, idx[:, None, :].expand(B, T, J), diff != 0)[..., :d_sae].cpu()
 
     def check_finite(self) -> None:
-        """Raise ``FloatingPointError`` if any call so far produced NaN/inf (one host read of the device flag)."""
+        """Raise ``FloatingPointError`` if any call so far produced NaN/inf (one host read of the summed edits)."""
         if self._totals and not bool(torch.isfinite(torch.stack(self._totals).sum())):
             raise FloatingPointError(NONFINITE)
 

@@ -76,7 +76,7 @@ def gather(sae, neg: Int[Tensor, "B kn"], pos: Int[Tensor, "B kp"], alpha: float
         inject = torch.where(is_pos & valid, alpha * latent_mean.to(sae.W_dec)[safe], zero)[:, None]
     b_dec_in = sae.b_dec if sae.cfg.apply_b_dec_to_input else None  # sae-lens's process_sae_in
     return Gathered(idx, sae.W_enc.T[safe].transpose(1, 2), sae.b_enc[safe][:, None], threshold[:, None],
-                    sae.W_dec[safe], coef.to(dtype)[:, None], b_dec_in, valid, inject)
+                    sae.W_dec[safe], coef[:, None], b_dec_in, valid, inject)
 
 
 def sparse_diff(g: Gathered, h: Float[Tensor, "B T d_model"], sel: Bool[Tensor, "B T"] | None = None
