@@ -243,6 +243,31 @@ def test_no_host_reads_in_the_hooks(world, cdmap, monkeypatch, path, gate):
     assert [(w, t, c.host) for w, t, c in counters if c.host] == []
 
 
+@pytest.mark.parametrize("which", ["static", "dspa-all-positions"])
+def test_no_host_reads_in_edits_that_start_after_the_padding(world, cdmap, monkeypatch, which):
+    """Static steering and DSPA(positions="all") edit from a per-row start position on the first call: those
+    positions reach the device before generation, so no call of the edit copies from the host."""
+    from dspa_lite.method.baselines import StaticSAE
+
+    counters: list[SyncCounter] = []
+    original = LatentEdit.__call__
+
+    def call(self, h):
+        with SyncCounter() as c:
+            out = original(self, h)
+        counters.append(c)
+        return out
+
+    monkeypatch.setattr(LatentEdit, "__call__", call)
+    if which == "static":
+        steerer = StaticSAE(world.model, world.tokenizer, world.sae_out, cdmap, "augment", 16, 3.0)
+    else:
+        steerer = DSPA(world.model, world.tokenizer, world.sae_in, world.sae_out, cdmap, k=16, positions="all")
+    steerer.generate(_left_padded_prompts(world, 4), max_new_tokens=4)
+    assert len(counters) == 4 and all(c.calls > 3 for c in counters)
+    assert [c.host for c in counters if c.host] == []
+
+
 def test_nonfinite_edits_are_reported_after_generation(world, cdmap):
     from dspa_lite.method.hooks import edit
 
