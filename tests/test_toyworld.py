@@ -2,6 +2,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -71,7 +72,13 @@ def mini_builds(tmp_path_factory):
             "T.build_into(sys.argv[1], config=T.ToyConfig(**json.loads(sys.argv[2])), progress=False)")
     subprocess.run([sys.executable, "-c", code, str(root / "b"), json.dumps(MINI.to_dict())], check=True,
                    env={**os.environ, "PYTHONHASHSEED": "12345"})
-    return [T.build_into(root / "a", config=MINI, progress=False), T.ToyWorld(root / "b", MINI)]
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    built = T.build_into(root / "a", config=MINI, progress=False)
+    HANDLERS.update(before=before, after=(signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+    return [built, T.ToyWorld(root / "b", MINI)]
+
+
+HANDLERS: dict[str, tuple] = {}  # the process's SIGINT/SIGTERM handlers around the in-process build (mini_builds)
 
 
 def test_same_seed_rebuild_is_byte_identical(mini_builds):
@@ -80,6 +87,12 @@ def test_same_seed_rebuild_is_byte_identical(mini_builds):
     assert {"model/model.safetensors", "model/tokenizer.json", "sae_in/sae_weights.safetensors",
             "sae_out/sae_weights.safetensors", "triples_train.jsonl", "report.json"} <= set(store.content_hashes(a.path))
     assert not [p for p in a.path.parent.iterdir() if p.name.startswith(".") and "tmp" in p.name], "temp folders left"
+
+
+def test_a_build_leaves_ctrl_c_as_it_found_it(mini_builds):
+    """sae-lens's trainer installs SIGINT/SIGTERM handlers of its own; the build puts the process's back."""
+    assert HANDLERS["before"] == HANDLERS["after"]
+    assert HANDLERS["after"][0] is not None
 
 
 def test_built_world_round_trips(mini_builds):

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -123,11 +124,17 @@ def train_toy_sae(model_dir: str | os.PathLike, rows: list[list[int]], layer: in
     sae_logger = logging.getLogger("sae_lens")
     level = sae_logger.level
     sae_logger.setLevel(logging.ERROR)
+    # sae-lens installs its own SIGINT/SIGTERM handlers for training and leaves them: Ctrl-C would raise its
+    # InterruptedException, not KeyboardInterrupt, for the rest of the process (a notebook's kernel included)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         runner = LanguageModelSAETrainingRunner(cfg, override_dataset=Dataset.from_dict({"input_ids": rows}))
         sae = runner.run()
     finally:
         sae_logger.setLevel(level)
+        for sig, handler in handlers.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
     return sae
 
 
