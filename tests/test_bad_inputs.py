@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -386,11 +387,17 @@ def test_cache_write_failure_keeps_answers(judge_server, tmp_path, capsys):
 def test_ctrl_c_stops_the_judge_promptly(judge_server, tmp_path):
     url, _ = judge_server(lambda n: 5.0)  # every answer takes 5 s
     judge = Judge(JudgeConfig(url, "m", cache_path=str(tmp_path / "c.jsonl")))
-    threading.Timer(0.3, _thread.interrupt_main).start()
-    t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        judge.compare(["a", "b", "c"], ["x"] * 3, ["y"] * 3, progress=False)
-    assert time.perf_counter() - t0 < 2
+    # Ctrl-C as in a terminal: a process started in the background by a non-interactive shell (nohup, `cmd &`)
+    # inherits SIGINT ignored, and interrupt_main then does nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        t0 = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            judge.compare(["a", "b", "c"], ["x"] * 3, ["y"] * 3, progress=False)
+        assert time.perf_counter() - t0 < 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ---- the same rules in the API -----------------------------------------------------------------------------------
