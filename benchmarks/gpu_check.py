@@ -122,7 +122,7 @@ def instrumented(model, device: torch.device, record: dict, count_syncs: bool):
     starts = []
     pre = model.register_forward_pre_hook(lambda *a: starts.append(steps.start()))
     post = model.register_forward_hook(lambda *a: steps.stop(starts.pop()))
-    targets = [m for m in (sys.modules["dspa_lite.method.dspa"], sys.modules["dspa_lite.method.baselines"])]
+    targets = [sys.modules["dspa_lite.method.dspa"], sys.modules["dspa_lite.method.baselines"]]
     saved = [(t, t.edit) for t in targets]
     try:
         for t in targets:
@@ -138,16 +138,21 @@ def instrumented(model, device: torch.device, record: dict, count_syncs: bool):
         record.update(step_ms=steps.ms(), edit_ms=edits.ms(), hook_syncs=hook_syncs)
 
 
+def generate_exactly(method, prompts, n: int) -> None:
+    """``generate`` of exactly ``n`` new tokens for every prompt, in one batch."""
+    method.model.generation_config.min_new_tokens = n
+    method.generate(prompts, max_new_tokens=n, temperature=1.0, seed=0, batch_size=len(prompts))
+
+
 def run_method(method, prompts, n: int, device: torch.device) -> dict:
     """One timed ``generate`` of exactly ``n`` new tokens."""
     model, rec = method.model, {}
-    model.generation_config.min_new_tokens = n
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     with instrumented(model, device, rec, count_syncs=False):
-        method.generate(prompts, max_new_tokens=n, temperature=1.0, seed=0, batch_size=len(prompts))
+        generate_exactly(method, prompts, n)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -163,9 +168,8 @@ def count_method_syncs(method, prompts, n: int, device: torch.device) -> dict:
     if device.type != "cuda":
         return {"hook_syncs": None, "generate_syncs": None}
     rec, total = {}, []
-    method.model.generation_config.min_new_tokens = n
     with instrumented(method.model, device, rec, count_syncs=True), counted_syncs(device, total):
-        method.generate(prompts, max_new_tokens=n, temperature=1.0, seed=0, batch_size=len(prompts))
+        generate_exactly(method, prompts, n)
     return {"hook_syncs": sum(rec["hook_syncs"]), "generate_syncs": total[0] + sum(rec["hook_syncs"])}
 
 
@@ -200,8 +204,7 @@ def main(argv=None) -> dict:
     methods = methods_for(model, world.tokenizer, sae_in, sae_out, cdmap, vector)
     build_s, runs = time.perf_counter() - t0, {name: [] for name in methods}
     for m in methods.values():  # warm-up
-        m.model.generation_config.min_new_tokens = 2
-        m.generate(prompts, max_new_tokens=2, temperature=1.0, seed=0, batch_size=len(prompts))
+        generate_exactly(m, prompts, 2)
     names = list(methods)
     for r in range(args.repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:

@@ -16,8 +16,8 @@ from ..method.features import batches
 from ..method.generation import format_prompts
 from .protocols import length_controlled, length_diffs, win_rate
 
-__all__ = ["judge_responses", "mcq_scores", "mcq_accuracy", "pairwise_scores", "judge_alpaca_files", "stop_probabilities",
-           "text_metrics"]
+__all__ = ["judge_responses", "mcq_scores", "mcq_accuracy", "pairwise_scores", "judge_alpaca_files", "judged_win_rate",
+           "stop_probabilities", "text_metrics"]
 
 
 def judge_responses(judge, prompts: Sequence[str], responses: Sequence[str]) -> dict:
@@ -86,10 +86,17 @@ def judge_alpaca_files(judge, model_outputs, reference_outputs, seed: int = 0, p
                          f"{missing[0]!r:.80}: both files must answer the same instructions")
     instructions, outputs = [r["instruction"] for r in rows], [r["output"] for r in rows]
     references = [by_instruction[x] for x in instructions]
-    comparisons = judge.compare(instructions, outputs, references, seed=seed, progress=progress)
     return {"generator": rows[0]["generator"] if rows else None,
             "reference": refs[0]["generator"] if refs else None,
-            **win_rate(comparisons, length_diffs(outputs, references))}
+            **judged_win_rate(judge, instructions, outputs, references, seed, progress)}
+
+
+def judged_win_rate(judge, instructions: Sequence[str], outputs: Sequence[str], references: Sequence[str],
+                    seed: int = 0, progress: bool = True) -> dict:
+    """``outputs`` against ``references`` judged pairwise by an endpoint judge: raw and length-controlled win rates
+    (:func:`~dspa_lite.evaluation.protocols.win_rate` with word lengths)."""
+    comparisons = judge.compare(instructions, outputs, references, seed=seed, progress=progress)
+    return win_rate(comparisons, length_diffs(outputs, references))
 
 
 @torch.no_grad()

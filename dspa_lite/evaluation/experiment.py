@@ -25,11 +25,11 @@ from ..method.baselines import CAA, StaticSAE, Unsteered, mean_difference
 from ..method.cdmap import CDMap, CDMapConfig
 from ..method.dspa import DSPA, fit_cdmap
 from ..method.stopguard import StopGuard, fit_stop_probe
-from .evals import judge_responses, mcq_accuracy, pairwise_scores
+from .evals import judge_responses, judged_win_rate, mcq_accuracy, pairwise_scores
 from .protocols import mean_se
 
-__all__ = ["build_methods", "compare", "fit_maps", "paired_bootstrap", "recorded_run", "judge_against_unsteered", "DEFAULTS",
-           "METHOD_NAMES"]
+__all__ = ["build_methods", "compare", "fit_maps", "judge_against_unsteered", "paired_bootstrap", "recorded_run",
+           "DEFAULTS", "METHOD_NAMES"]
 
 # The measured defaults on the toy world (benchmarks/RESULTS.md): gated augment, k=64, alpha=6.
 DEFAULTS = {"mode": "augment", "k": 64, "alpha": 6.0, "caa_multiplier": 2.0}
@@ -260,8 +260,7 @@ def recorded_run(name: str, repo_url: str = repository.URL, start: Path | None =
 def judge_against_unsteered(world, methods: dict, judge, n_prompts: int | None = None, progress: bool = True) -> dict:
     """AlpacaEval-style: each method's outputs against the unsteered ones (``methods["none"]``), judged by an
     endpoint :class:`~dspa_lite.evaluation.judges.Judge` (sampling seed 0); raw and length-controlled win rates."""
-    from .judges import JudgeError, win_rate
-    from .protocols import length_diffs
+    from .judges import JudgeError
 
     prompts = world.prompts("test", n_prompts)
     outputs = {name: m.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=0, batch_size=50)
@@ -270,8 +269,7 @@ def judge_against_unsteered(world, methods: dict, judge, n_prompts: int | None =
            "reference": "none", "methods": {}}
     for name, texts in outputs.items():
         if name != "none":
-            comparisons = judge.compare(prompts, texts, outputs["none"], progress=progress)
-            out["methods"][name] = win_rate(comparisons, length_diffs(texts, outputs["none"]))
+            out["methods"][name] = judged_win_rate(judge, prompts, texts, outputs["none"], progress=progress)
     if not any(r["n"] for r in out["methods"].values()):
         raise JudgeError(f"none of the {judge.unparsed} judge replies had a readable verdict ([[A]], [[B]] or "
                          f"[[tie]]), so none was cached and there is no win rate: check that the judge model "
