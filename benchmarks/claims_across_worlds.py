@@ -2,12 +2,14 @@
 
     python benchmarks/claims_across_worlds.py                  # seeds 0 (reference) to 4, every chapter
     python benchmarks/claims_across_worlds.py --seeds 2 --chapters 04,05 --no-headline
+    python benchmarks/claims_across_worlds.py --full --no-headline  # chapters at full size (~10 min a world)
 
 For each seed it builds the world (once, into DSPA_CACHE; seed 0 is the shipped reference world),
-runs the chapters with ``DSPA_TOY_SEED`` set (fast mode, as ``make test`` does) and records pass or
-fail with the failing assertion, then measures the headline numbers on that world: preferred share
-of unsteered, static, CAA and DSPA at the package defaults, fluency, length-cap rate, quiz accuracy,
-and the audit's K_pos/K_neg precision. Results are kept per (seed, chapter), so an interrupted run
+runs the chapters with ``DSPA_TOY_SEED`` set (fast mode, as ``make test`` does under CI; ``--full``: at
+full size, as it does outside CI, recorded separately) and records pass or fail with the failing
+assertion, then measures the headline numbers on that world: preferred share of unsteered, static, CAA
+and DSPA at the package defaults, fluency, length-cap rate, quiz accuracy, and the audit's K_pos/K_neg
+precision. Results are kept per (seed, chapter), so an interrupted run
 resumes; ``--rerun`` measures again.
 """
 
@@ -36,6 +38,7 @@ def options(ap) -> None:
     ap.add_argument("--workers", type=int, default=2, help="nbmake workers")
     ap.add_argument("--no-headline", action="store_true", help="skip the headline measurements")
     ap.add_argument("--rerun", action="store_true", help="ignore recorded results for these seeds and chapters")
+    ap.add_argument("--full", action="store_true", help="run the chapters at full size (DSPA_FAST=0)")
 
 
 def chapters(prefixes: str | None) -> list[Path]:
@@ -46,11 +49,11 @@ def chapters(prefixes: str | None) -> list[Path]:
     return nbs
 
 
-def env_for(seed: int) -> dict:
-    return {**os.environ, "DSPA_TOY_SEED": str(seed), "DSPA_FAST": "1", "OMP_NUM_THREADS": "1"}
+def env_for(seed: int, fast: bool = True) -> dict:
+    return {**os.environ, "DSPA_TOY_SEED": str(seed), "DSPA_FAST": str(int(fast)), "OMP_NUM_THREADS": "1"}
 
 
-def run_chapters(seed: int, nbs: list[Path], workers: int) -> dict[str, dict]:
+def run_chapters(seed: int, nbs: list[Path], workers: int, fast: bool) -> dict[str, dict]:
     """Run ``nbs`` under nbmake on world ``seed``; per chapter: passed, seconds, the failure's last line."""
     stage = ROOT / "_stage_worlds" / f"seed{seed}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -62,7 +65,7 @@ def run_chapters(seed: int, nbs: list[Path], workers: int) -> dict[str, dict]:
            f"--junitxml={junit}", str(stage / "book")]
     if workers > 1:
         cmd += ["-n", str(workers), "--dist", "loadfile"]
-    subprocess.run(cmd, env=env_for(seed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, env=env_for(seed, fast), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = {}
     for case in ET.parse(junit).iter("testcase"):
         raw = " ".join(case.get(k) or "" for k in ("file", "name", "classname"))
@@ -113,17 +116,17 @@ def headline(seed: int) -> dict:
     return row | {"K_pos_precision": r["precision"]["K_pos"], "K_neg_precision": r["precision"]["K_neg"]}
 
 
-def table(state: dict, seeds: list[int]) -> list[str]:
-    names = sorted({c for s in seeds for c in state.get(str(s), {}).get("chapters", {})})
+def table(state: dict, seeds: list[int], key: str) -> list[str]:
+    names = sorted({c for s in seeds for c in state.get(str(s), {}).get(key, {})})
     md = ["| chapter | " + " | ".join(f"seed {s}" + (" (reference)" if s == 0 else "") for s in seeds) + " |",
           "|---" * (len(seeds) + 1) + "|"]
     for c in names:
         cells = []
         for s in seeds:
-            r = state.get(str(s), {}).get("chapters", {}).get(c)
+            r = state.get(str(s), {}).get(key, {}).get(c)
             cells.append("–" if r is None else "✓" if r["passed"] else "✗")
         md.append(f"| {c} | " + " | ".join(cells) + " |")
-    fails = [(s, c, r["failure"]) for s in seeds for c, r in sorted(state.get(str(s), {}).get("chapters", {}).items())
+    fails = [(s, c, r["failure"]) for s in seeds for c, r in sorted(state.get(str(s), {}).get(key, {}).items())
              if not r["passed"]]
     md += [""] + ([f"- seed {s}, {c}: `{f}`" for s, c, f in fails] or ["Every chapter passed on every world."])
     return md
@@ -150,14 +153,15 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")] if not args.quick else [0, 1]
     nbs = chapters("04,05" if args.quick and not args.chapters else args.chapters)
     state = json.loads(STATE.read_text()) if STATE.is_file() else {}
+    key = "chapters_full" if args.full else "chapters"  # fast mode's results keep their old key
     for seed in seeds:
         rec = state.setdefault(str(seed), {})
         subprocess.run([sys.executable, "-m", "dspa_lite.cli", "build-toy", "--seed", str(seed), "--json"],
                        env=env_for(seed), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        todo = [nb for nb in nbs if args.rerun or nb.stem not in rec.get("chapters", {})]
+        todo = [nb for nb in nbs if args.rerun or nb.stem not in rec.get(key, {})]
         if todo:
             print(f"seed {seed}: running {len(todo)} chapters", file=sys.stderr, flush=True)
-            rec.setdefault("chapters", {}).update(run_chapters(seed, todo, args.workers))
+            rec.setdefault(key, {}).update(run_chapters(seed, todo, args.workers, fast=not args.full))
             STATE.parent.mkdir(exist_ok=True)
             STATE.write_text(json.dumps(state, indent=1))
         if not args.no_headline and (args.rerun or "headline" not in rec):
@@ -165,9 +169,13 @@ def main() -> None:
             rec["headline"] = headline(seed)
             STATE.write_text(json.dumps(state, indent=1))
     md = [_report.header("The book's claims across toy worlds"),
-          "Every chapter under nbmake (fast mode) on the shipped reference world (seed 0) and on worlds built "
-          "here from other seeds (`DSPA_TOY_SEED`). ✓ passed, ✗ failed (the failing assertion below), – not run.",
-          "", *table(state, seeds), *spread(state, seeds)]
+          "Every chapter under nbmake on the shipped reference world (seed 0) and on worlds built here from other "
+          "seeds (`DSPA_TOY_SEED`). ✓ passed, ✗ failed (the failing assertion below), – not run."]
+    for k, mode in (("chapters", "fast mode (`DSPA_FAST=1`, as under CI)"),
+                    ("chapters_full", "full size (`DSPA_FAST=0`, as `make test` outside CI; `--full`)")):
+        if any(k in state.get(str(s), {}) for s in seeds):
+            md += ["", f"Chapters at {mode}:", "", *table(state, seeds, k)]
+    md += spread(state, seeds)
     _report.publish("claims_across_worlds", md, state, args.json)
 
 
