@@ -170,7 +170,8 @@ def main() -> None:
             STATE.write_text(json.dumps(state, indent=1))
     md = [_report.header("The book's claims across toy worlds"),
           "Every chapter under nbmake on the shipped reference world (seed 0) and on worlds built here from other "
-          "seeds (`DSPA_TOY_SEED`). ✓ passed, ✗ failed (the failing assertion below), – not run."]
+          "seeds (`DSPA_TOY_SEED`). ✓ passed, ✗ failed (the failing assertion below), – not run. Results accumulate "
+          "per seed and chapter across runs (`--rerun` measures again); the command above is the latest run."]
     for k, mode in (("chapters", "fast mode (`DSPA_FAST=1`, as under CI)"),
                     ("chapters_full", "full size (`DSPA_FAST=0`, as `make test` outside CI; `--full`)")):
         if any(k in state.get(str(s), {}) for s in seeds):
