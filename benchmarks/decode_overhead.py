@@ -22,7 +22,6 @@ over an unsteered step) and ``end_to_end_ratio`` (per new-token count) are keyed
 
 from __future__ import annotations
 
-import functools
 import gc
 import statistics
 import sys
@@ -49,7 +48,10 @@ QUICK = {"toy": dict(batch=8, new_tokens=(16, 32), repeats=3), "gemma": dict(bat
 LABELS = {"hooks.edit": "edit hook", "dspa.LatentEdit": "LatentEdit", "dspa.LatentEdit.encode": "SAE encode in the edit",
           "dspa.prefill_u": "u(x) in the prefill", "dspa.prompt_features": "prompt pass u(x)",
           "dspa.map_lookup": "map lookup + K selection"}
-log = functools.partial(print, file=sys.stderr, flush=True)
+
+
+def log(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)  # sys.stderr looked up per call, so a redirected stream is honoured
 
 
 class SteeringVectorsPeer(CAA):
@@ -115,6 +117,9 @@ def ratios(runs: dict, cpu: dict, name: str, lengths: tuple, batch: int) -> dict
         return [m.median for m in runs[x, k]]
 
     steps = {x: [(a - b) / (n - 1) for a, b in zip(walls(x, n), walls(x, 1))] for x in (name, "none")}
+    if min(steps[name] + steps["none"]) <= 0:  # a difference of two walls: noise can exceed a few steps' time
+        log(f"  {name}: a per-step time came out <= 0 ({n} new tokens vs 1); the step ratios are noise - "
+            "raise --repeats or the new-token count")
     r_step = [a / b for a, b in zip(steps[name], steps["none"])]
     e2e = {k: [a / b for a, b in zip(walls(name, k), walls("none", k))] for k in lengths}
     return {"ms_per_token": 1e3 * statistics.median(walls(name, n)) / (batch * n),
