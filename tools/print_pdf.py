@@ -2,8 +2,8 @@
 
     python tools/print_pdf.py _stage/_build/singlehtml _build/dspa-lite.pdf [--mathjax DIR]
 
-Nothing is fetched from the network: math is typeset by a local MathJax (its `es5` folder, installed from
-npm by `make pdf`), which replaces the page's CDN script.
+Nothing is fetched from the network: the page loads MathJax from the site's `mathjax/` folder (_config.yml's
+`mathjax_path`), where this copies npm's `es5` folder (installed by `make pdf`).
 """
 
 from __future__ import annotations
@@ -16,19 +16,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-CDN = re.compile(r'src="https://cdn\.jsdelivr\.net/npm/mathjax@3/es5/([\w.-]+\.js)"')
-
 
 def printable(site: Path, mathjax: Path) -> Path:
-    """A copy of the book's one page at the site's root, where its relative ``_static/`` and ``_images/``
-    links resolve, reading MathJax from the site."""
+    """A copy of the book's one page at the site's root, where its relative ``_static/``, ``_images/`` and
+    ``mathjax/`` links resolve, with MathJax copied into the site."""
     (index,) = re.findall(r'url=([^"]+)"', (site / "index.html").read_text())  # the redirect to the root page
     html = (site / index).read_text(encoding="utf-8")
-    if not CDN.search(html):
-        raise SystemExit(f"{site / index} loads no MathJax from the CDN: has the theme changed?")
-    shutil.copytree(mathjax, site / "_static" / "mathjax", dirs_exist_ok=True)
+    if 'src="_static/../mathjax/' not in html:
+        raise SystemExit(f"{site / index} loads no MathJax from the site's mathjax/ folder: is _config.yml's "
+                         "mathjax_path still ../mathjax/...?")
+    shutil.copytree(mathjax, site / "mathjax", dirs_exist_ok=True)
     page = site / "print.html"
-    page.write_text(CDN.sub(r'src="_static/mathjax/\1"', html), encoding="utf-8")
+    page.write_text(html, encoding="utf-8")
     return page
 
 

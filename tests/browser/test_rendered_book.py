@@ -1,5 +1,5 @@
-"""The rendered book, opened in headless Chromium: no tracebacks, figures everywhere, a Colab button,
-no code cell that scrolls sideways.
+"""The rendered book, opened in headless Chromium: no tracebacks, figures everywhere, a Colab button, math
+typeset offline, no code cell that scrolls sideways.
 
 Run after `make book` (the Makefile's `browser` target does both). Screenshots are saved under
 _build/screenshots/ for a person to look at.
@@ -73,6 +73,8 @@ def test_chapter_renders_cleanly(page, tmp_path):
     assert not re.search(r'class="[^"]*output[^"]*(traceback|error)', dom), f"{page.name} shows an error output"
     assert re.search(r"<img[^>]+src=\"[^\"]+\.(png|svg)", dom), f"{page.name} has no rendered figure"
     assert "colab.research.google.com" in dom, f"{page.name} has no Colab launch link"
+    if 'class="math' in page.read_text(encoding="utf-8"):  # typeset by the site's own MathJax, with no network
+        assert "<mjx-container" in dom and "\\(" not in text, f"{page.name} shows its math as LaTeX source"
     _screenshot(exe, page, tmp_path)
 
 
