@@ -49,6 +49,14 @@ def chapters(prefixes: str | None) -> list[Path]:
     return nbs
 
 
+def build_id(path: Path) -> dict:
+    """Which build of a seed's world this is: floating point differs between CPUs, so one seed can give
+    different weights on different machines. The model's SHA-256 (from the world's manifest) and the CPU."""
+    files = json.loads((path / "manifest.json").read_text())["files"]
+    info = json.loads((path / "build_info.json").read_text())
+    return {"model_sha256": files["model/model.safetensors"][:12], "cpu": info.get("cpu", "unknown")}
+
+
 def env_for(seed: int, fast: bool = True) -> dict:
     return {**os.environ, "DSPA_TOY_SEED": str(seed), "DSPA_FAST": str(int(fast)), "OMP_NUM_THREADS": "1"}
 
@@ -156,8 +164,12 @@ def main() -> None:
     key = "chapters_full" if args.full else "chapters"  # fast mode's results keep their old key
     for seed in seeds:
         rec = state.setdefault(str(seed), {})
-        subprocess.run([sys.executable, "-m", "dspa_lite.cli", "build-toy", "--seed", str(seed), "--json"],
-                       env=env_for(seed), cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        out = subprocess.run([sys.executable, "-m", "dspa_lite.cli", "build-toy", "--seed", str(seed), "--json"],
+                             env=env_for(seed), cwd=ROOT, check=True, capture_output=True, text=True)
+        world = build_id(Path(json.loads(out.stdout.strip().splitlines()[-1])["path"]))
+        if rec.get("world") != world:  # another build of this seed: results on the old one do not carry over
+            rec.clear()
+            rec["world"] = world
         todo = [nb for nb in nbs if args.rerun or nb.stem not in rec.get(key, {})]
         if todo:
             print(f"seed {seed}: running {len(todo)} chapters", file=sys.stderr, flush=True)
@@ -171,7 +183,12 @@ def main() -> None:
     md = [_report.header("The book's claims across toy worlds"),
           "Every chapter under nbmake on the shipped reference world (seed 0) and on worlds built here from other "
           "seeds (`DSPA_TOY_SEED`). ✓ passed, ✗ failed (the failing assertion below), – not run. Results accumulate "
-          "per seed and chapter across runs (`--rerun` measures again); the command above is the latest run."]
+          "per seed and chapter across runs (`--rerun` measures again); the command above is the latest run. "
+          "A seed's results belong to one build of its world: floating point differs between CPUs, so a seed "
+          "can give other weights on another machine, and a new build starts that seed's record afresh.",
+          "", "Builds (model weights' SHA-256, first 12 hex digits): "
+          + "; ".join(f"seed {s} `{state[str(s)]['world']['model_sha256']}`" for s in seeds
+                      if "world" in state.get(str(s), {})) + "."]
     for k, mode in (("chapters", "fast mode (`DSPA_FAST=1`, as under CI)"),
                     ("chapters_full", "full size (`DSPA_FAST=0`, as `make test` outside CI; `--full`)")):
         if any(k in state.get(str(s), {}) for s in seeds):
