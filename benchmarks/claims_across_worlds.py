@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
 
+from dspa_lite.toyworld import store  # noqa: E402
+
 ROOT = _report.HERE.parent
 STATE = _report.HERE / "results" / "claims_across_worlds.json"
 HEADLINE_PROMPTS, HEADLINE_SEEDS = 200, 2
@@ -51,10 +53,9 @@ def chapters(prefixes: str | None) -> list[Path]:
 
 def build_id(path: Path) -> dict:
     """Which build of a seed's world this is: floating point differs between CPUs, so one seed can give
-    different weights on different machines. The model's SHA-256 (from the world's manifest) and the CPU."""
-    files = json.loads((path / "manifest.json").read_text())["files"]
-    info = json.loads((path / "build_info.json").read_text())
-    return {"model_sha256": files["model/model.safetensors"][:12], "cpu": info.get("cpu", "unknown")}
+    different weights on different machines. The model's SHA-256, from the manifest build-toy verified."""
+    files = json.loads((path / store.MANIFEST).read_text())["files"]
+    return {"model_sha256": files["model/model.safetensors"][:12]}
 
 
 def env_for(seed: int, fast: bool = True) -> dict:
